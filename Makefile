@@ -1,0 +1,57 @@
+# amm: `make demo`, `make test`, `make figure3 SCALE=reduced` (see README.md).
+# The first target that needs Python creates .venv and installs the project once (stamp file).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.amm-installed
+SCALE  ?= smoke
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+# Next to the shared data folder (offline machines), read the LIBSVM files from there.
+ifneq ($(wildcard ../shared/data/libsvm),)
+export AMM_DATA_DIR ?= $(abspath ../shared/data)
+endif
+
+.PHONY: help venv demo test lint bench-optim clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo                 Figure 3 on breast_cancer (500 iterations, no download)"
+	@echo "make test                 the test suite"
+	@echo "make lint                 ruff check + ruff format --check"
+	@echo "make figure3 SCALE=...    reproduce an artifact (smoke | reduced | paper)"
+	@echo "make bench-optim          optimizer step benchmark"
+	@echo "make clean                remove runs/ and caches (keeps results/ and .venv)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(TORCH)
+	$(PY) -m pip install -e '.[vision,llm,cluster,dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m amm.reproduce figure3 --scale smoke --out-dir results/figure3/demo trainer.max_steps=500
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench-optim: $(STAMP)
+	$(PY) scripts/bench_optim.py
+
+# Artifacts: `make figure1`, `make table2`, ... run configs/experiment/<name>.yaml and
+# amm/artifacts/<name>.py at $(SCALE), writing results/<name>/$(SCALE)/.
+REPRODUCE = $(PY) -m amm.reproduce $@ --scale $(SCALE)
+figure%: $(STAMP)
+	$(REPRODUCE)
+table%: $(STAMP)
+	$(REPRODUCE)
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache .ruff_cache

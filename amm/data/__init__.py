@@ -1,0 +1,1 @@
+"""Data modules: problems and data sets (see docs/architecture.md section 2)."""

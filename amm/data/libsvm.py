@@ -1,0 +1,322 @@
+"""LIBSVM data sets for the convex (logistic regression) experiments.
+
+Files are parsed with :func:`sklearn.datasets.load_svmlight_file`; this module only knows
+*where* each file lives, *where* to fetch it from, and how to map its labels.
+
+Layout: ``<data_dir>/libsvm/<name>/<file>`` with ``data_dir`` taken from the argument, else the
+environment variable ``AMM_DATA_DIR``, else ``~/.cache/amm``. This is the layout of the shared
+data folder, so ``AMM_DATA_DIR=/path/to/shared/data`` works without copying anything.
+A missing file is downloaded once (unless ``AMM_OFFLINE=1``); when that is impossible a
+:class:`DataNotFoundError` says which file was expected where and where to get it.
+
+Labels: binary sets come as -1/+1, 0/1 or 1/2 and are mapped to {-1, +1} (smaller -> -1);
+multiclass labels to 0..K-1 in sorted order. Each set's raw label values are in the registry, so
+a file with unexpected labels (a wrong or damaged file) is rejected instead of silently mapped.
+"""
+
+from __future__ import annotations
+
+import bz2
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.datasets import load_breast_cancer, load_svmlight_file
+from sklearn.preprocessing import StandardScaler
+
+DATA_DIR_ENV = "AMM_DATA_DIR"
+OFFLINE_ENV = "AMM_OFFLINE"
+DEFAULT_DATA_DIR = Path("~/.cache/amm")
+#: Seconds before a download attempt gives up; short so an offline machine fails fast.
+DOWNLOAD_TIMEOUT_S = 10.0
+
+_LIBSVM = "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets"
+_TICK = (
+    "https://raw.githubusercontent.com/X-DataInitiative/tick-datasets/"
+    "9d959b6e53e17145e93e9849ff1f9f6d2de8ae51/binary/adult"
+)
+
+Task = Literal["binary", "multiclass"]
+Split = Literal["train", "test"]
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data file is missing and could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One svmlight file: its name on disk, where to fetch it, and its expected row count."""
+
+    file: str
+    url: str
+    n_rows: int
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What we know about a data set before reading it (used to validate what we read)."""
+
+    name: str
+    task: Task
+    num_features: int
+    num_classes: int
+    labels: tuple[float, ...]  # raw label values, sorted; mapped to -1/+1 or 0..K-1
+    train: DataFile | None  # None: shipped with scikit-learn, nothing to fetch
+    test: DataFile | None = None
+    zero_based: bool = False  # feature indices start at 0 (tick's adult files)
+    page: str = ""  # human-readable description page
+
+    @property
+    def has_test(self) -> bool:
+        return self.test is not None
+
+
+def _libsvm(
+    name: str,
+    n_rows: int,
+    d: int,
+    labels: tuple[float, ...] = (-1.0, 1.0),
+    *,
+    kind: str = "binary",
+    test_rows: int = 0,
+) -> DatasetSpec:
+    """Registry entry for a file hosted on the LIBSVM page under its own name."""
+    base = f"{_LIBSVM}/{kind}"
+    test = DataFile(f"{name}.t", f"{base}/{name}.t", test_rows) if test_rows else None
+    return DatasetSpec(
+        name=name,
+        task="binary" if kind == "binary" else "multiclass",
+        num_features=d,
+        num_classes=len(labels),
+        labels=labels,
+        train=DataFile(name, f"{base}/{name}", n_rows),
+        test=test,
+        page=f"{_LIBSVM}/{kind}.html",
+    )
+
+
+#: Every data set known by name. Shapes are those of the LIBSVM originals.
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in [
+        _libsvm("a8a", 22_696, 123),
+        _libsvm("a9a", 32_561, 123),
+        _libsvm("w8a", 49_749, 300),
+        _libsvm("german.numer_scale", 1_000, 24),
+        _libsvm("mushrooms", 8_124, 112, (1.0, 2.0)),
+        _libsvm("phishing", 11_055, 68, (0.0, 1.0)),
+        _libsvm("svmguide1", 3_089, 4, (0.0, 1.0)),
+        _libsvm("heart_scale", 270, 13),
+        _libsvm("dna.scale", 2_000, 180, (1.0, 2.0, 3.0), kind="multiclass", test_rows=1_186),
+        # a9a / a9a.t as prepared by tick-datasets: bzip2-compressed, 0-based indices.
+        DatasetSpec(
+            name="adult_tick",
+            task="binary",
+            num_features=123,
+            num_classes=2,
+            labels=(-1.0, 1.0),
+            train=DataFile("adult.trn.bz2", f"{_TICK}/adult.trn.bz2", 32_561),
+            test=DataFile("adult.tst.bz2", f"{_TICK}/adult.tst.bz2", 16_281),
+            zero_based=True,
+            page="https://github.com/X-DataInitiative/tick-datasets",
+        ),
+        # Shipped with scikit-learn: the offline default demo set.
+        DatasetSpec(
+            name="breast_cancer",
+            task="binary",
+            num_features=30,
+            num_classes=2,
+            labels=(0.0, 1.0),
+            train=None,
+            page="https://scikit-learn.org/stable/datasets/toy_dataset.html",
+        ),
+    ]
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """Registry entry for ``name``; a ``ValueError`` listing the known names otherwise."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        known = ", ".join(sorted(DATASETS))
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {known}") from None
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The data root: the argument, else ``$AMM_DATA_DIR``, else ``~/.cache/amm``."""
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(data_dir).expanduser()
+
+
+def dataset_path(name: str, file: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where ``file`` of data set ``name`` lives (whether or not it exists yet)."""
+    return resolve_data_dir(data_dir) / "libsvm" / name / file
+
+
+def download(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Fetch ``url`` into ``dest`` atomically (temp file in the same folder, then rename).
+
+    A partial download never leaves a file at ``dest``, so a later run cannot mistake it for
+    the real thing.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def ensure_file(
+    spec: DatasetSpec,
+    entry: DataFile,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    allow_download: bool = True,
+) -> Path:
+    """Path of ``entry`` on disk, downloading it first if it is missing and we may."""
+    path = dataset_path(spec.name, entry.file, data_dir)
+    if path.is_file():
+        return path
+    why = "downloads are disabled"
+    if allow_download and not _offline():
+        try:
+            download(entry.url, path)
+            return path
+        except (OSError, urllib.error.URLError) as err:  # URLError/timeouts are OSErrors too
+            why = f"download failed: {err}"
+    elif _offline():
+        why = f"{OFFLINE_ENV} is set"
+    raise DataNotFoundError(
+        f"dataset {spec.name!r}: file {entry.file!r} not found at {path} ({why}).\n"
+        f"  Fetch it from {entry.url}\n"
+        f"  and save it as {path},\n"
+        f"  or set {DATA_DIR_ENV} to a folder that holds libsvm/{spec.name}/{entry.file}."
+    )
+
+
+def _open(path: Path) -> IO[bytes]:
+    return bz2.open(path, "rb") if path.suffix == ".bz2" else open(path, "rb")
+
+
+def _iter_lines(path: Path) -> Iterator[bytes]:
+    with _open(path) as fh:
+        yield from fh
+
+
+def _first_bad_line(path: Path, n_features: int, zero_based: bool) -> str:
+    """Describe the first line that is not ``label idx:val ...`` (diagnostics only).
+
+    Loading always goes through scikit-learn; this scan only runs after it failed, to tell the
+    user *where* the file is broken.
+    """
+    lo = 0 if zero_based else 1
+    try:
+        for lineno, raw in enumerate(_iter_lines(path), start=1):
+            line = raw.split(b"#", 1)[0].strip()
+            if not line:
+                continue
+            label, *pairs = line.split()
+            try:
+                float(label)
+                for pair in pairs:
+                    idx, val = pair.split(b":")
+                    float(val)
+                    if not lo <= int(idx) < n_features + lo:
+                        raise ValueError(f"feature index {int(idx)} out of range")
+            except ValueError as err:
+                text = raw.decode("utf-8", "replace").rstrip()
+                return f"first bad line is line {lineno} ({err}): {text[:120]!r}"
+    except (OSError, EOFError, UnicodeError) as err:
+        return f"the file cannot be read ({err})"
+    return "no single bad line found"
+
+
+def read_svmlight(
+    path: Path, n_features: int, zero_based: bool = False
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Parse one svmlight file (plain or .bz2); a clear ``ValueError`` if it is corrupt."""
+    try:
+        with _open(path) as fh:
+            X, y = load_svmlight_file(
+                fh, n_features=n_features, zero_based=zero_based, dtype=np.float64
+            )
+    except (ValueError, OSError, EOFError) as err:
+        where = _first_bad_line(path, n_features, zero_based)
+        raise ValueError(
+            f"corrupt svmlight file {path}: {err}; {where}. Delete the file and download it again."
+        ) from err
+    return sp.csr_matrix(X), np.asarray(y, dtype=np.float64)
+
+
+def map_labels(y: np.ndarray, spec: DatasetSpec, path: object) -> np.ndarray:
+    """Binary: smaller label -> -1, larger -> +1 (float64). Multiclass: 0..K-1 (int64)."""
+    classes = np.asarray(spec.labels)
+    unexpected = np.setdiff1d(y, classes)
+    if unexpected.size:
+        raise ValueError(
+            f"{path}: unexpected label values {unexpected[:5].tolist()} "
+            f"(dataset {spec.name!r} has labels {list(spec.labels)})"
+        )
+    if spec.task == "binary":
+        return np.where(y == classes[1], 1.0, -1.0)
+    return np.searchsorted(classes, y).astype(np.int64)
+
+
+def _load_breast_cancer() -> tuple[sp.csr_matrix, np.ndarray]:
+    X, y = load_breast_cancer(return_X_y=True)
+    # Raw feature scales differ by ~1e4; standardising keeps the problem well conditioned.
+    X = StandardScaler().fit_transform(X)
+    return sp.csr_matrix(X), map_labels(y.astype(np.float64), DATASETS["breast_cancer"], "sklearn")
+
+
+def load_dataset(
+    name: str,
+    split: Split = "train",
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    allow_download: bool = True,
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Load one split of a registered data set.
+
+    Returns ``(X, y)``: ``X`` a float64 CSR matrix of shape ``(n, num_features)``; ``y`` float64
+    in {-1, +1} for binary sets, int64 in 0..K-1 for multiclass sets.
+    """
+    spec = get_spec(name)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if spec.train is None:
+        if split != "train":
+            raise ValueError(f"dataset {name!r} has no {split!r} split")
+        return _load_breast_cancer()
+    entry = spec.train if split == "train" else spec.test
+    if entry is None:
+        raise ValueError(f"dataset {name!r} has no {split!r} split")
+
+    path = ensure_file(spec, entry, data_dir, allow_download=allow_download)
+    X, y = read_svmlight(path, spec.num_features, spec.zero_based)
+    y = map_labels(y, spec, path)
+    if X.shape[0] != entry.n_rows:
+        raise ValueError(
+            f"{path} has {X.shape[0]} rows but {name} {split} should have {entry.n_rows}: "
+            f"the file is probably truncated. Delete it and download it again from {entry.url}."
+        )
+    return X, y

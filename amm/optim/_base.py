@@ -1,0 +1,399 @@
+"""Machinery shared by AM-SGD and AM-AdamW: param groups, the scope of beta, the plane bias,
+learning-rate ratios, non-finite gradients and sharded parameters.
+
+A step has three phases; subclasses implement the math of each (single-tensor and foreach):
+  1. prepare: effective gradients (AM-SGD: coupled weight decay) and the metric
+     (AM-AdamW: the new second moment and the denominator sqrt(v) + eps);
+  2. sums: per tensor, [<g + lam d, g - d>, ||g - d||^2, <g, d>, <g, x>] in the metric, in fp32
+     (fp64 for fp64 parameters);
+  3. update: the heavy-ball step with the per-tensor beta.
+Between 2 and 3 this class reduces the sums over the scope (global, per group, per tensor),
+all-reduces them once when the parameters are shards, and calls `adaptive_beta`.
+Nothing in `step()` reads a device value on the host, except the non-finite check
+(`nonfinite="raise"|"skip"`, one boolean per step; `nonfinite="off"` removes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.optim import Optimizer
+
+from amm.optim.beta import adaptive_beta
+
+BETA_SCOPES = ("global", "per-group", "per-tensor")
+PLANE_BIASES = ("linear", "exact")
+NONFINITE_POLICIES = ("raise", "skip", "off")
+# Group options that define the single beta of the global scope: they must agree across groups.
+_GLOBAL_BETA_OPTIONS = ("lam", "beta_min", "beta_max", "restart_below", "frozen_beta")
+
+
+class NonFiniteGradientError(RuntimeError):
+    """A gradient holds inf or NaN; the step was not applied and no state was changed."""
+
+
+def _local(t: Tensor) -> Tensor:
+    """The local shard of a DTensor (a view: in-place ops update the DTensor), else `t`."""
+    return t.to_local() if hasattr(t, "to_local") and hasattr(t, "device_mesh") else t
+
+
+def sum_dtype(t: Tensor) -> torch.dtype:
+    """Reductions run in fp32, or fp64 for fp64 parameters (deterministic convex problems)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+@dataclass
+class StepTensors:
+    """The tensors of one step, flattened over groups (only parameters that have a gradient)."""
+
+    params: list[Tensor] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    group_ids: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    # ||grad|| per tensor, when the non-finite check computed it (AM-SGD reuses it as ||g||)
+    grad_norms: list[Tensor] | None = None
+
+    def select(self, idx: list[int]) -> StepTensors:
+        return StepTensors(
+            [self.params[i] for i in idx],
+            [self.grads[i] for i in idx],
+            [self.states[i] for i in idx],
+            [self.group_ids[i] for i in idx],
+            [self.names[i] for i in idx],
+            None if self.grad_norms is None else [self.grad_norms[i] for i in idx],
+        )
+
+
+def check_common_hparams(group: dict[str, Any], owner: str) -> None:
+    """Raise ValueError naming the first invalid hyper-parameter of a param group."""
+
+    def bad(name: str, why: str) -> ValueError:
+        return ValueError(f"{owner}: invalid {name}={group[name]!r}: {why}")
+
+    lr = group["lr"]
+    if isinstance(lr, Tensor) or not isinstance(lr, (int, float)) or lr < 0:
+        raise bad("lr", "must be a float >= 0")
+    if group["weight_decay"] < 0:
+        raise bad("weight_decay", "must be >= 0")
+    if group["lam"] < 0:
+        raise bad("lam", "must be >= 0 (the paper uses 0.1)")
+    if not 0.0 <= group["beta_max"] <= 1.0:
+        raise bad("beta_max", "must be in [0, 1] (the paper uses 0.9)")
+    if not 0.0 <= group["beta_min"] <= group["beta_max"]:
+        raise bad("beta_min", f"must be in [0, beta_max={group['beta_max']}]")
+    rb = group["restart_below"]
+    if rb is not None and not 0.0 <= rb <= 1.0:
+        raise bad("restart_below", "must be None or in [0, 1]")
+    fb = group["frozen_beta"]
+    if fb is not None and not 0.0 <= fb <= 1.0:
+        raise bad("frozen_beta", "must be None or in [0, 1]")
+
+
+def beta_vector(
+    beta: list[Tensor | float | None], fill: list[float], device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """Per-tensor betas as one device vector; None (first step) takes `fill`. No host sync."""
+    first = beta[0]
+    if isinstance(first, Tensor) and all(b is first for b in beta):  # global scope
+        return first.to(dtype).reshape(1).expand(len(beta))
+    out = torch.tensor(
+        [float(b) if isinstance(b, float) else f for b, f in zip(beta, fill)], dtype=dtype
+    ).to(device)
+    idx = [i for i, b in enumerate(beta) if isinstance(b, Tensor)]
+    if idx:
+        out[idx] = torch.stack([beta[i] for i in idx]).to(dtype)  # type: ignore[misc]
+    return out
+
+
+class AdaptiveMemoryOptimizer(Optimizer):
+    """Base class; see the module docstring. Not used directly."""
+
+    def __init__(
+        self,
+        params: Any,
+        defaults: dict[str, Any],
+        *,
+        beta_scope: str,
+        plane_bias: str,
+        nonfinite: str,
+        foreach: bool | None,
+        process_group: Any,
+    ) -> None:
+        name = type(self).__name__
+        if beta_scope not in BETA_SCOPES:
+            raise ValueError(f"{name}: invalid beta_scope={beta_scope!r}; use one of {BETA_SCOPES}")
+        if plane_bias not in PLANE_BIASES:
+            raise ValueError(
+                f"{name}: invalid plane_bias={plane_bias!r}; use one of {PLANE_BIASES}"
+            )
+        if plane_bias == "exact" and beta_scope != "global":
+            raise ValueError(
+                f"{name}: plane_bias='exact' uses the loss, a global quantity; "
+                f"it needs beta_scope='global' (got {beta_scope!r})"
+            )
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"{name}: invalid nonfinite={nonfinite!r}; use one of {NONFINITE_POLICIES}"
+            )
+        self.beta_scope = beta_scope
+        self.plane_bias = plane_bias
+        self.nonfinite = nonfinite
+        self.foreach = foreach
+        self.process_group = process_group
+        self._last_beta: Tensor | None = None
+        self._scratch_cache: dict[str, list[Tensor]] = {}
+        super().__init__(params, defaults)
+
+    # The trainer passes a closure (forward + backward on the current batch) when this is set.
+    @property
+    def needs_closure(self) -> bool:
+        return self.plane_bias == "exact"
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group.setdefault("prev_lr", None)
+        group.setdefault("prev_loss", None)
+        self._check_group(group)
+        if self.beta_scope == "global":
+            first = self.param_groups[0]
+            for key in _GLOBAL_BETA_OPTIONS:
+                if group[key] != first[key]:
+                    raise ValueError(
+                        f"{type(self).__name__}: {key} differs between param groups "
+                        f"({first[key]!r} vs {group[key]!r}); with beta_scope='global' one beta "
+                        "is shared by all groups, so use beta_scope='per-group' instead"
+                    )
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_common_hparams(group, type(self).__name__)
+
+    # ---- what a trainer reads -------------------------------------------------------------
+    @property
+    def last_beta(self) -> Tensor | None:
+        """Beta of the last adaptive step, on the device: shape [1] (global), [groups] or
+        [tensors]; None before the first adaptive step."""
+        return self._last_beta
+
+    def beta_stats(self) -> dict[str, Tensor]:
+        """0-dim device tensors to log (no host sync here): beta, plus min/max for scoped betas."""
+        beta = self._last_beta
+        if beta is None:
+            return {}
+        if beta.numel() == 1:
+            return {"beta": beta.reshape(())}
+        return {"beta": beta.mean(), "beta_min": beta.min(), "beta_max": beta.max()}
+
+    def scratch(self, name: str, like: list[Tensor]) -> list[Tensor]:
+        """Temporaries shaped like `like`. On the CPU they are kept between steps, because fresh
+        large allocations there cost page faults (as much as the arithmetic); on accelerators the
+        caching allocator already reuses memory, so they are allocated per step and freed."""
+        if not like or like[0].device.type != "cpu":
+            return [torch.empty_like(t) for t in like]
+        cached = self._scratch_cache.get(name)
+        if (
+            cached is None
+            or len(cached) != len(like)
+            or any(c.shape != t.shape or c.dtype != t.dtype for c, t in zip(cached, like))
+        ):
+            cached = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in like]
+            self._scratch_cache[name] = cached
+        return cached
+
+    # ---- subclass hooks ------------------------------------------------------------------
+    def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _has_history(self, state: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    def _prepare(self, ts: StepTensors, foreach: bool) -> Any:
+        raise NotImplementedError
+
+    def _sums(self, ts: StepTensors, prep: Any, idx: list[int], foreach: bool) -> Tensor:
+        raise NotImplementedError
+
+    def _update(
+        self, ts: StepTensors, prep: Any, beta: list[Tensor | float | None], foreach: bool
+    ) -> None:
+        raise NotImplementedError
+
+    def _uses_decoupled_decay(self) -> bool:
+        return False
+
+    # ---- the step ----------------------------------------------------------------------------
+    def _gather(self) -> StepTensors:
+        ts = StepTensors()
+        for gi, group in enumerate(self.param_groups):
+            names = group.get("param_names")
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients "
+                        f"(parameter {name}); use dense gradients, e.g. nn.Embedding(sparse=False)"
+                    )
+                state = self.state[p]
+                if not state:
+                    self._init_state(p, state)
+                ts.params.append(_local(p))
+                ts.grads.append(_local(p.grad))
+                ts.states.append(state)
+                ts.group_ids.append(gi)
+                ts.names.append(f"{name} (shape {list(p.shape)})")
+        return ts
+
+    def _use_foreach(self, ts: StepTensors) -> bool:
+        if self.foreach is not None:
+            return self.foreach
+        return not torch.jit.is_scripting()
+
+    def _reduce_group(self, ts: StepTensors) -> Any:
+        if self.process_group is not None:
+            return self.process_group
+        for p in ts.params:
+            mesh = getattr(p, "device_mesh", None)
+            if mesh is not None:
+                return mesh.get_group()
+        for group in self.param_groups:
+            for p in group["params"]:
+                mesh = getattr(p, "device_mesh", None)
+                if mesh is not None:
+                    return mesh.get_group()
+        return None
+
+    def _grads_finite(self, ts: StepTensors, reduce_group: Any) -> bool:
+        """One boolean read on the host; raises or tells the caller to skip the step."""
+        norms = torch._foreach_norm(ts.grads, dtype=sum_dtype(ts.grads[0]))
+        ts.grad_norms = list(norms)
+        bad = ~torch.isfinite(torch.stack(norms))
+        any_bad = bad.any().float()
+        if reduce_group is not None:
+            dist.all_reduce(any_bad, group=reduce_group)
+        if not bool(any_bad):
+            return True
+        if self.nonfinite == "skip":
+            return False
+        local = [ts.names[i] for i in torch.nonzero(bad).flatten().tolist()]
+        where = ", ".join(local) if local else "a parameter shard on another rank"
+        raise NonFiniteGradientError(
+            f"{type(self).__name__}: non-finite gradient in {where}; the step was not applied. "
+            "Lower the learning rate, use gradient clipping or AMP's GradScaler, or pass "
+            "nonfinite='skip' to skip such steps."
+        )
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # noqa: C901 - one readable sequence
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.plane_bias == "exact" and loss is None:
+            raise ValueError(
+                f"{type(self).__name__}(plane_bias='exact') needs the loss: call "
+                "optimizer.step(closure) with a closure that recomputes the loss and gradients"
+            )
+        ts = self._gather()
+        if not ts.params:
+            return loss
+        foreach = self._use_foreach(ts)
+        reduce_group = self._reduce_group(ts)
+        if self.nonfinite != "off" and not self._grads_finite(ts, reduce_group):
+            return loss
+
+        prep = self._prepare(ts, foreach)
+        beta = self._compute_beta(ts, prep, foreach, loss, reduce_group)
+        self._update(ts, prep, beta, foreach)
+
+        for group in self.param_groups:
+            group["prev_lr"] = group["lr"]
+            if loss is not None:
+                group["prev_loss"] = loss.detach().clone()
+        return loss
+
+    def _compute_beta(
+        self,
+        ts: StepTensors,
+        prep: Any,
+        foreach: bool,
+        loss: Tensor | None,
+        reduce_group: Any,
+    ) -> list[Tensor | float | None]:
+        """Per tensor: a frozen float, a 0-dim device tensor, or None (no history: first step)."""
+        groups = self.param_groups
+        history = [i for i, st in enumerate(ts.states) if self._has_history(st)]
+        beta: list[Tensor | float | None] = [None] * len(ts.params)
+        frozen = [groups[g]["frozen_beta"] for g in ts.group_ids]
+        adaptive = [i for i in history if frozen[i] is None]
+        for i in history:
+            if frozen[i] is not None:
+                beta[i] = float(frozen[i])
+        if not adaptive:
+            return beta
+
+        rows = self._sums(ts, prep, adaptive, foreach)  # [n, 4]: cross, gap_sq, <g,d>, <g,x>
+        device, dtype = rows.device, rows.dtype
+        gids = [ts.group_ids[i] for i in adaptive]
+        eta = torch.tensor([groups[g]["lr"] for g in gids], dtype=dtype).to(device)
+        prev = [groups[g]["prev_lr"] for g in gids]
+        eta_prev = torch.tensor(
+            [p if p is not None else groups[g]["lr"] for p, g in zip(prev, gids)], dtype=dtype
+        ).to(device)
+        if self._uses_decoupled_decay():
+            wd = torch.tensor([groups[g]["weight_decay"] for g in gids], dtype=dtype).to(device)
+            linear_bias = eta_prev * (rows[:, 2] + wd * rows[:, 3])
+        else:
+            linear_bias = eta_prev * rows[:, 2]
+        plane = torch.zeros_like(linear_bias) if self.plane_bias == "exact" else linear_bias
+        weighted = torch.stack([plane, eta * rows[:, 0], eta * rows[:, 1]], dim=1)
+
+        if self.beta_scope == "global":
+            units, unit_of = 1, [0] * len(adaptive)
+        elif self.beta_scope == "per-group":
+            present = sorted(set(gids))
+            units, unit_of = len(present), [present.index(g) for g in gids]
+        else:
+            units, unit_of = len(adaptive), list(range(len(adaptive)))
+        index = torch.tensor(unit_of, device=device)
+        packed = torch.zeros(units, 3, dtype=dtype, device=device).index_add_(0, index, weighted)
+        if reduce_group is not None:
+            dist.all_reduce(packed, group=reduce_group)  # the one collective of a sharded step
+        if self.plane_bias == "exact":
+            prev_loss = groups[0]["prev_loss"]
+            if prev_loss is not None:
+                b = prev_loss.to(device=device, dtype=dtype) - loss.detach().to(device, dtype)
+                packed[:, 0] = b
+            else:  # no previous loss (e.g. resumed from an old checkpoint): first-order bias
+                packed[:, 0] = linear_bias.sum()
+
+        # One vectorised call per distinct (lam, beta_min, beta_max); usually there is one.
+        unit_gid = [0] * units
+        for k, u in enumerate(unit_of):
+            unit_gid[u] = gids[k]
+        unit_beta = torch.empty(units, dtype=dtype, device=device)
+        settings: dict[tuple[float, float, float], list[int]] = {}
+        for u, g in enumerate(unit_gid):
+            key = (groups[g]["lam"], groups[g]["beta_min"], groups[g]["beta_max"])
+            settings.setdefault(key, []).append(u)
+        for (lam, beta_min, beta_max), members in settings.items():
+            sel = torch.tensor(members, device=device)
+            p = packed.index_select(0, sel)
+            unit_beta.index_copy_(
+                0,
+                sel,
+                adaptive_beta(
+                    p[:, 0], p[:, 1], p[:, 2], lam=lam, beta_min=beta_min, beta_max=beta_max
+                ),
+            )
+        self._last_beta = unit_beta
+        per_unit = unit_beta.unbind()
+        for k, i in enumerate(adaptive):
+            beta[i] = per_unit[unit_of[k]]
+        return beta

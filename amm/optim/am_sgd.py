@@ -1,0 +1,248 @@
+"""AM-SGD (the paper's AM-MGD): momentum SGD whose momentum coefficient adapts every step.
+
+    d_{t+1} = ((beta_t + lam) d_t + (1 - beta_t) g_t) / (1 + lam),   x_{t+1} = x_t - eta_t d_{t+1}
+
+with beta_t from `amm.optim.beta.adaptive_beta` (ALGORITHM.md, sections 1-2). Weight decay is
+coupled (added to the gradient, i.e. part of the modelled function), as in torch.optim.SGD.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from amm.optim._base import (
+    AdaptiveMemoryOptimizer,
+    StepTensors,
+    _local,
+    beta_vector,
+    sum_dtype,
+)
+
+
+def _common_sum_dtype(tensors: list[Tensor]) -> torch.dtype:
+    return torch.float64 if any(sum_dtype(t) == torch.float64 for t in tensors) else torch.float32
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+def _single_tensor_am_sgd_sums(grads: list[Tensor], bufs: list[Tensor], lam: float) -> Tensor:
+    """Reference: the formulas literally, one tensor at a time. Rows [cross, gap_sq, <g,d>, 0]."""
+    dtype = _common_sum_dtype(grads)
+    rows = []
+    for g, d in zip(grads, bufs):
+        g, d = g.to(dtype), d.to(dtype)
+        zero = torch.zeros((), dtype=dtype, device=g.device)
+        rows.append(torch.stack([_dot(g + lam * d, g - d), _dot(g - d, g - d), _dot(g, d), zero]))
+    return torch.stack(rows)
+
+
+def gap_and_cross(g_sq: Tensor, g_dot_d: Tensor, d_sq: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    """||g - d||^2 and <g + lam d, g - d> from the three inner products (no temporaries).
+
+    ||g - d||^2 loses relative precision when g ~ d; then the linear-bias numerator is about
+    (1 + lam)||g||^2 > 0 and beta clips to beta_max whatever the small gap is, and a gap that
+    rounds to <= 0 reports beta_max too. The single-tensor reference computes both literally.
+    """
+    gap_sq = (g_sq - 2 * g_dot_d + d_sq).clamp_min(0)
+    cross = g_sq - (1 - lam) * g_dot_d - lam * d_sq
+    return gap_sq, cross
+
+
+def _multi_tensor_am_sgd_sums(
+    grads: list[Tensor], bufs: list[Tensor], lam: float, grad_norms: list[Tensor] | None = None
+) -> Tensor:
+    """foreach: two norms and one dot per tensor, reading g and d without temporaries
+    (||g|| comes from the non-finite check when it ran)."""
+    dtype = _common_sum_dtype(grads)
+    if grad_norms is None:
+        grad_norms = torch._foreach_norm(grads, dtype=dtype)
+    g_sq = torch.stack(grad_norms).to(dtype).square()
+    d_sq = torch.stack(torch._foreach_norm(bufs, dtype=dtype)).square()
+    if any(g.dtype != dtype for g in grads):  # bf16/fp16: the dot in fp32
+        g_dot_d = torch.stack([_dot(g.to(dtype), d.to(dtype)) for g, d in zip(grads, bufs)])
+    else:
+        g_dot_d = torch.stack([_dot(g, d) for g, d in zip(grads, bufs)])
+    gap_sq, cross = gap_and_cross(g_sq, g_dot_d, d_sq, lam)
+    return torch.stack([cross, gap_sq, g_dot_d, torch.zeros_like(cross)], dim=1)
+
+
+def am_sgd_sums(
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    *,
+    lam: float,
+    foreach: bool,
+    grad_norms: list[Tensor] | None = None,
+) -> Tensor:
+    """Per-tensor sums [<g + lam d, g - d>, ||g - d||^2, <g, d>, 0] (fp32, fp64 for fp64)."""
+    if foreach:
+        return _multi_tensor_am_sgd_sums(grads, bufs, lam, grad_norms)
+    return _single_tensor_am_sgd_sums(grads, bufs, lam)
+
+
+def lerp_weight(
+    beta: Tensor, lam: Tensor | float, restart_below: list[float | None] | None
+) -> Tensor:
+    """d_{t+1} = lerp(d_t, g_t, w) with w = (1 - beta) / (1 + lam); a restart sets w = 1 (d <- g)."""
+    w = (1 - beta) / (1 + lam)
+    if restart_below is not None:
+        thr = torch.tensor([-math.inf if t is None else t for t in restart_below], dtype=w.dtype)
+        w = torch.where(beta < thr.to(w.device), torch.ones_like(w), w)
+    return w
+
+
+def _where(tensors: list[Tensor]) -> tuple[torch.device, torch.dtype]:
+    return tensors[0].device, _common_sum_dtype(tensors)
+
+
+class AMSGD(AdaptiveMemoryOptimizer):
+    """Adaptive Memory momentum SGD (AM-MGD).
+
+    Args:
+        params: iterable of parameters, param groups, or named parameters.
+        lr: learning rate eta.
+        lam: the regulariser lambda pulling the step toward the pure momentum step (paper: 0.1).
+        beta_max, beta_min: clip of beta (paper: 0.9, 0); beta_min > 0 is the "Clip" variant.
+        restart_below: if set, reset the momentum (d <- g) when beta_t falls below it ("Restart").
+        frozen_beta: if set, beta is this constant (fixed-momentum baseline; with lam=0 this is
+            torch.optim.SGD(momentum=b, dampening=b) exactly).
+        weight_decay: coupled L2 weight decay (added to the gradient).
+        beta_scope: "global" (one beta from sums over all parameters), "per-group", "per-tensor".
+        plane_bias: "linear" (first order, no extra loss evaluation) or "exact" (uses the losses
+            f(x_{t-1}), f(x_t) from `step(closure)`; deterministic problems).
+        nonfinite: "raise" (default), "skip" the step, or "off" (no check, no host sync).
+        foreach: use the multi-tensor implementation (default) or the single-tensor reference.
+        process_group: the parameters are shards (ZeRO-style); the sums are all-reduced over this
+            group. DTensor (FSDP2) parameters are detected automatically.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        *,
+        lam: float = 0.1,
+        beta_max: float = 0.9,
+        beta_min: float = 0.0,
+        restart_below: float | None = None,
+        frozen_beta: float | None = None,
+        weight_decay: float = 0.0,
+        beta_scope: str = "global",
+        plane_bias: str = "linear",
+        nonfinite: str = "raise",
+        foreach: bool | None = None,
+        process_group: Any = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            lam=lam,
+            beta_max=beta_max,
+            beta_min=beta_min,
+            restart_below=restart_below,
+            frozen_beta=frozen_beta,
+            weight_decay=weight_decay,
+        )
+        super().__init__(
+            params,
+            defaults,
+            beta_scope=beta_scope,
+            plane_bias=plane_bias,
+            nonfinite=nonfinite,
+            foreach=foreach,
+            process_group=process_group,
+        )
+
+    def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
+        state["step"] = torch.tensor(0.0)
+        state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def _has_history(self, state: dict[str, Any]) -> bool:
+        return state["step"].item() > 0  # a CPU tensor: no device sync
+
+    def _prepare(self, ts: StepTensors, foreach: bool) -> list[Tensor]:
+        """Effective gradients g = grad + wd * x (coupled weight decay)."""
+        grads = list(ts.grads)
+        for i, (p, g, gid) in enumerate(zip(ts.params, ts.grads, ts.group_ids)):
+            wd = self.param_groups[gid]["weight_decay"]
+            if wd != 0:
+                grads[i] = g.add(p, alpha=wd)
+        return grads
+
+    def _sums(self, ts: StepTensors, grads: list[Tensor], idx: list[int], foreach: bool) -> Tensor:
+        lam = self.param_groups[ts.group_ids[idx[0]]]["lam"]
+        lams = {self.param_groups[ts.group_ids[i]]["lam"] for i in idx}
+        g = [grads[i] for i in idx]
+        d = [_local(ts.states[i]["momentum_buffer"]) for i in idx]
+        decayed = any(self.param_groups[ts.group_ids[i]]["weight_decay"] for i in idx)
+        norms = None if ts.grad_norms is None or decayed else [ts.grad_norms[i] for i in idx]
+        if len(lams) == 1:
+            return am_sgd_sums(g, d, lam=lam, foreach=foreach, grad_norms=norms)
+        # per-group/per-tensor scopes may mix lam values: sums per tensor with its own lam
+        return torch.cat(
+            [
+                am_sgd_sums(
+                    [g[k]], [d[k]], lam=self.param_groups[ts.group_ids[i]]["lam"], foreach=foreach
+                )
+                for k, i in enumerate(idx)
+            ]
+        )
+
+    def _update(
+        self, ts: StepTensors, grads: list[Tensor], beta: list[Tensor | float | None], foreach: bool
+    ) -> None:
+        groups = self.param_groups
+        bufs = [_local(st["momentum_buffer"]) for st in ts.states]
+        first = [i for i, b in enumerate(beta) if b is None]
+        frozen = [i for i, b in enumerate(beta) if isinstance(b, float)]
+        adaptive = [i for i, b in enumerate(beta) if isinstance(b, Tensor)]
+
+        if first:  # d_0 = g_0: the first step is plain gradient descent
+            _copy([bufs[i] for i in first], [grads[i] for i in first], foreach)
+        for i in frozen:  # same ops as torch.optim.SGD, so lam = 0 reproduces it bit for bit
+            lam = groups[ts.group_ids[i]]["lam"]
+            keep, take = (beta[i] + lam) / (1 + lam), (1 - beta[i]) / (1 + lam)
+            bufs[i].mul_(keep).add_(grads[i], alpha=take)
+        if adaptive:
+            b = beta_vector([beta[i] for i in adaptive], [0.0] * len(adaptive), *_where(grads))
+            gids = [ts.group_ids[i] for i in adaptive]
+            lam = torch.tensor([groups[g]["lam"] for g in gids], dtype=b.dtype).to(b.device)
+            thr = [groups[g]["restart_below"] for g in gids]
+            w = lerp_weight(b, lam, None if all(t is None for t in thr) else thr)
+            bufs_a, grads_a = [bufs[i] for i in adaptive], [grads[i] for i in adaptive]
+            weights = [w_i.to(d.dtype) for w_i, d in zip(w.unbind(), bufs_a)]
+            if foreach:
+                torch._foreach_lerp_(bufs_a, grads_a, weights)
+            else:
+                for b_i, g_i, w_i in zip(bufs_a, grads_a, weights):
+                    b_i.lerp_(g_i, w_i)
+
+        for gid, members in _by_group(ts.group_ids).items():
+            lr = groups[gid]["lr"]
+            p, d = [ts.params[i] for i in members], [bufs[i] for i in members]
+            if foreach:
+                torch._foreach_add_(p, d, alpha=-lr)
+            else:
+                for p_i, d_i in zip(p, d):
+                    p_i.add_(d_i, alpha=-lr)
+        torch._foreach_add_([st["step"] for st in ts.states], 1.0)
+
+
+def _copy(dst: list[Tensor], src: list[Tensor], foreach: bool) -> None:
+    if foreach:
+        torch._foreach_copy_(dst, src)
+    else:
+        for a, b in zip(dst, src):
+            a.copy_(b)
+
+
+def _by_group(group_ids: list[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        out.setdefault(g, []).append(i)
+    return out

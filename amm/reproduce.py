@@ -1,0 +1,134 @@
+"""Reproduce one paper artifact: run its sweep, then draw it.
+
+    python -m amm.reproduce figure3 --scale smoke|reduced|paper [--dry-run] [overrides...]
+
+1. Composes ``experiment=<artifact> scale=<scale>`` and reads its ``sweep.<scale>`` blocks.
+2. Runs each block as one Hydra multirun, in a subprocess:
+   ``python -m amm.run -m experiment=<artifact> scale=<scale> <block overrides> <overrides>``
+   (printed and recorded). Finished runs return at once and pre-empted ones resume, so the same
+   command can simply be run again. Extra overrides go to every block, e.g.
+   ``hydra/launcher=submitit_slurm`` to run the jobs on a cluster.
+3. Calls ``amm.artifacts.<artifact>.make(run_dirs, out_dir, scale)`` with the run directories of
+   exactly these jobs, and writes ``commands.txt`` and ``provenance.json`` next to the outputs
+   in ``results/<artifact>/<scale>/`` (or ``--out-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from amm.config import CONFIG_DIR, SCALES
+from amm.provenance import provenance
+
+
+def available() -> list[str]:
+    """Artifacts: experiment configs that have a module in ``amm.artifacts``."""
+    artifacts_dir = Path(__file__).resolve().parent / "artifacts"
+    return sorted(
+        p.stem
+        for p in (CONFIG_DIR / "experiment").glob("*.yaml")
+        if (artifacts_dir / f"{p.stem}.py").exists()
+    )
+
+
+def override_value(value: Any) -> str:
+    """A YAML value of a sweep block as Hydra override syntax (``true``, ``null``, lists)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    return str(value)
+
+
+def sweep_blocks(artifact: str, scale: str) -> list[list[str]]:
+    """The experiment's sweep blocks at ``scale``, each as a list of Hydra overrides."""
+    cfg = compose("config", overrides=[f"experiment={artifact}", f"scale={scale}"])
+    sweep = OmegaConf.to_container(cfg.sweep, resolve=True) if cfg.sweep is not None else {}
+    blocks = sweep.get(scale) or [{}]  # no sweep: one run of the experiment as it stands
+    return [[f"{k}={override_value(v)}" for k, v in block.items()] for block in blocks]
+
+
+def expand_jobs(overrides: list[str]) -> list[list[str]]:
+    """The jobs of a multirun, each a list of plain overrides, as Hydra's basic sweeper makes them."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+
+
+def job_run_dirs(overrides: list[str]) -> list[Path]:
+    """Run directories of the jobs of one multirun, in launch order.
+
+    Composes each job's Hydra config, so the directories are exactly those Hydra will use
+    (``hydra.sweep.dir/subdir``).
+    """
+    dirs = []
+    for job in expand_jobs(overrides):
+        hydra_cfg = compose("config", overrides=job, return_hydra_config=True).hydra
+        dirs.append(Path(hydra_cfg.sweep.dir) / hydra_cfg.sweep.subdir)
+    return dirs
+
+
+def reproduce(
+    artifact: str,
+    scale: str,
+    overrides: list[str],
+    out_dir: Path | None = None,
+    dry_run: bool = False,
+) -> Path | None:
+    """Run the artifact's sweep at ``scale`` and make the artifact; returns its folder."""
+    if artifact not in available():
+        raise SystemExit(f"unknown artifact {artifact!r}; available: {', '.join(available())}")
+    out_dir = out_dir or Path("results") / artifact / scale
+    commands: list[str] = []
+    run_dirs: list[Path] = []
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for block in sweep_blocks(artifact, scale):
+            job = [f"experiment={artifact}", f"scale={scale}", *block, *overrides]
+            cmd = [sys.executable, "-m", "amm.run", "-m", *job]
+            commands.append(shlex.join(["python", *cmd[1:]]))
+            print(commands[-1], flush=True)
+            run_dirs += job_run_dirs(job)
+            if not dry_run:
+                subprocess.run(cmd, check=True)
+    if dry_run:
+        print("\n".join(f"  {d}" for d in run_dirs))
+        return None
+
+    importlib.import_module(f"amm.artifacts.{artifact}").make(run_dirs, out_dir, scale)
+    (out_dir / "commands.txt").write_text("\n".join(commands) + "\n")
+    reproduce_cmd = ["python", "-m", "amm.reproduce", artifact, "--scale", scale, *overrides]
+    record = {**provenance(shlex.join(reproduce_cmd)), "commands": commands}
+    record["run_dirs"] = [str(d) for d in run_dirs]
+    (out_dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out_dir}")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m amm.reproduce", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("artifact", help=f"one of: {', '.join(available())}")
+    parser.add_argument("--scale", choices=SCALES, default="smoke")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--out-dir", type=Path, help="default: results/<artifact>/<scale>")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    args = parser.parse_intermixed_args(argv)
+    reproduce(args.artifact, args.scale, args.overrides, args.out_dir, args.dry_run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,458 @@
+"""The one training loop of the suite, for every experiment (read it top to bottom).
+
+``train(cfg, run_dir)`` runs one composed config in ``run_dir``:
+
+    seed -> data -> model -> optimizer -> lr schedule -> resume? -> step loop -> summary
+
+and writes there (docs/architecture.md section 3): ``config.yaml`` (resolved), ``meta.json``,
+``metrics.jsonl`` (one JSON object per logged step), ``summary.json`` (final metrics, written
+last, so its presence means "finished") and ``checkpoints/last.pt``.
+
+Metric conventions: the record of step ``t`` (1-based count of optimizer updates) holds the loss
+of the batch used by update ``t``, i.e. ``f(x_{t-1})`` for a full-batch problem, and the beta that
+update used. Values stay on the device between log steps; one host transfer per log interval
+carries the loss, the train metrics and every step's beta since the previous record (``betas``).
+
+Pre-emption: SIGTERM or SIGUSR2 sets a flag; at the next step boundary (the next log step under
+DDP, where the ranks agree) the run saves its checkpoint and exits with 128 + signal number, so
+a scheduler requeues it; the same command then resumes from the checkpoint in the same directory.
+
+Distributed: under ``torchrun`` (WORLD_SIZE > 1) each rank trains on its shard of every batch
+(``data.train_batches(epoch, rank, world_size)``) with DDP; logged losses are averaged over ranks;
+rank 0 alone writes files, evaluates, and talks to W&B.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from amm.optim import build_optimizer
+from amm.provenance import provenance
+from amm.tracking import MetricsFile, WandbLogger
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[str, Any]:
+    """Run (or resume, or skip if finished) the training described by ``cfg`` in ``run_dir``."""
+    run_dir = Path(run_dir)
+    tcfg = cfg.trainer
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():  # finished before: a re-run of the same command does nothing
+        return json.loads(summary_path.read_text())
+
+    # ---- distributed setup, seeds --------------------------------------------------------
+    rank, world_size, device = setup_distributed(tcfg.device)
+    is_main = rank == 0
+    seed_everything(int(tcfg.seed))
+
+    # ---- problem, model, optimizer, schedule ---------------------------------------------
+    data = instantiate(cfg.dataset)
+    info: dict[str, Any] = data.info
+    fstar = info.get("fstar")
+    dtype = getattr(torch, tcfg.dtype) if tcfg.dtype else None
+    raw_model: nn.Module = instantiate(cfg.model, info=info).to(device=device, dtype=dtype)
+    optimizer = build_optimizer(
+        raw_model, **OmegaConf.to_container(cfg.optimizer, resolve=True), info=info
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(tcfg.scheduler, int(tcfg.max_steps))
+    )
+    model = torch.compile(raw_model) if tcfg.compile else raw_model
+    if world_size > 1:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    beta_stats: Callable[[], dict[str, Tensor]] = getattr(optimizer, "beta_stats", dict)
+    autocast = autocast_context(tcfg.precision, device)
+
+    # ---- resume from the run directory's checkpoint, if any ------------------------------
+    step, epoch, batch_idx, elapsed = 0, 0, 0, 0.0
+    pending: list[dict[str, Tensor]] = []  # per-step beta stats not yet written
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.exists():
+        # weights_only=False: the file holds RNG states (numpy arrays, tuples); we wrote it.
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        step, epoch, batch_idx = ckpt["step"], ckpt["epoch"], ckpt["batch_idx"]
+        elapsed = ckpt["elapsed"]
+        pending = [
+            {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in d.items()}
+            for d in ckpt["pending"]
+        ]
+
+    # ---- outputs (rank 0) ----------------------------------------------------------------
+    metrics_file = wandb_run = None
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        meta = write_meta(run_dir, experiment, world_size, device, resumed_from=step)
+        metrics_file = MetricsFile(run_dir / "metrics.jsonl", keep_until_step=step)
+        if cfg.logger.name == "wandb":
+            wandb_run = WandbLogger(
+                cfg.logger,
+                run_dir=run_dir,
+                run_id=meta["wandb_id"],
+                group=experiment,
+                name=f"{cfg.optimizer.name} {run_dir.name} seed={tcfg.seed}",
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+
+    def write(record: dict[str, Any]) -> None:
+        assert metrics_file is not None
+        metrics_file.append(record)
+        if wandb_run is not None:
+            wandb_run.log(record, step=record["step"])
+
+    def checkpoint() -> None:
+        if is_main:
+            state = {
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": get_rng_state(),
+                "step": step,
+                "epoch": epoch,
+                "batch_idx": batch_idx,
+                "elapsed": elapsed + time.perf_counter() - t0,
+                # steps since the last record: kept so the next record is the same as without
+                # the interruption (a host transfer, but checkpoints are rare)
+                "pending": [{k: v.item() for k, v in d.items()} for d in pending],
+            }
+            save_atomic(state, ckpt_path)
+        if world_size > 1:
+            dist.barrier()
+
+    # ---- the step loop ---------------------------------------------------------------------
+    max_steps, log_every = int(tcfg.max_steps), int(tcfg.log_every)
+    eval_every, ckpt_every = int(tcfg.eval_every or 0), int(tcfg.checkpoint_every or 0)
+    batches = batch_stream(data, epoch, batch_idx, rank, world_size)
+    bar = tqdm(total=max_steps, initial=step, disable=not (is_main and tcfg.progress))
+    last: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    with StopFlag() as stop:
+        while step < max_steps:
+            epoch, i, batch = next(batches)
+            batch = to_device(batch, device, dtype)
+
+            loss, metrics = take_step(model, optimizer, batch, autocast, tcfg.grad_clip)
+            scheduler.step()
+            step, batch_idx = step + 1, i + 1
+            pending.append(beta_stats())
+            bar.update(1)
+
+            do_eval = step == max_steps or (eval_every > 0 and step % eval_every == 0)
+            if step % log_every == 0 or do_eval:
+                record = make_record(loss, metrics, pending, world_size)
+                pending = []
+                record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **record}
+                if fstar is not None:
+                    record["objective_gap"] = record["loss"] - fstar
+                if do_eval and is_main:
+                    record.update(evaluate(raw_model, data, device, dtype, autocast))
+                record["time_s"] = elapsed + time.perf_counter() - t0
+                if is_main:
+                    write(record)
+                    bar.set_postfix({k: record[k] for k in ("loss", "beta") if k in record})
+                last = record
+                stop.sync(world_size)
+
+            signum = stop.agreed(world_size)
+            if step == max_steps or (ckpt_every > 0 and step % ckpt_every == 0) or signum:
+                checkpoint()
+            if signum:
+                bar.close()
+                if metrics_file is not None:
+                    metrics_file.close()
+                if wandb_run is not None:
+                    wandb_run.finish(exit_code=128 + signum)
+                raise SystemExit(128 + signum)  # non-zero, so a scheduler requeues the job
+    bar.close()
+
+    # ---- summary ---------------------------------------------------------------------------
+    if not last and metrics_file is not None:  # resumed from the final checkpoint
+        last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    summary = {k: v for k, v in last.items() if k != "betas"}
+    if is_main:
+        assert metrics_file is not None
+        metrics_file.close()
+        tmp = summary_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, summary_path)
+        if wandb_run is not None:
+            wandb_run.finish()
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+# ---- helpers, in the order the loop uses them ---------------------------------------------
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); initialises the process group under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if world_size == 1:
+        return 0, 1, dev
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), world_size, dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def lr_factor(cfg: DictConfig, max_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at update ``step`` (0-based): linear warmup, then the schedule."""
+    name, warmup = cfg.name, int(cfg.warmup_steps)
+    milestones, gamma, min_ratio = list(cfg.milestones), float(cfg.gamma), float(cfg.min_lr_ratio)
+    if name not in ("constant", "cosine", "step"):
+        raise ValueError(f"unknown scheduler {name!r}; use constant, cosine or step")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if name == "step":
+            return gamma ** sum(step >= m for m in milestones)
+        if name == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def autocast_context(precision: str | None, device: torch.device) -> Any:
+    if precision is None:
+        return nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"unknown precision {precision!r}; use null or bf16")
+
+
+def write_meta(
+    run_dir: Path, experiment: str, world_size: int, device: torch.device, resumed_from: int
+) -> dict[str, Any]:
+    """Write ``meta.json``; a restart keeps the W&B run id, so W&B resumes the same run."""
+    path = run_dir / "meta.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    meta = {
+        "experiment": experiment,
+        **provenance(),
+        "world_size": world_size,
+        "device": str(device),
+        "resumed_from_step": resumed_from,
+        "wandb_id": old.get("wandb_id") or secrets.token_hex(4),
+    }
+    path.write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def get_rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` that never leaves a half-written file at ``path`` (pre-emption)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def batch_stream(
+    data: Any, epoch: int, skip: int, rank: int, world_size: int
+) -> Iterator[tuple[int, int, Any]]:
+    """(epoch, index in epoch, batch) forever, starting at batch ``skip`` of ``epoch``.
+
+    Data modules make an epoch's batches a function of the epoch number, so skipping the
+    batches a checkpoint had consumed puts a resumed run at the same place in the data.
+    """
+    while True:
+        for i, batch in enumerate(data.train_batches(epoch, rank=rank, world_size=world_size)):
+            if i >= skip:
+                yield epoch, i, batch
+        epoch, skip = epoch + 1, 0
+
+
+def to_device(batch: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Move the tensors of a batch (nested dicts/lists/tuples) to ``device``; cast floats."""
+    if isinstance(batch, Tensor):
+        cast = dtype if dtype is not None and batch.is_floating_point() else None
+        return batch.to(device=device, dtype=cast, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, dtype) for v in batch)
+    return batch
+
+
+def take_step(
+    model: nn.Module, optimizer: Any, batch: Any, autocast: Any, grad_clip: float | None
+) -> tuple[Tensor, dict[str, Any]]:
+    """One optimizer update on ``batch``; returns the loss and metrics before the update.
+
+    Optimizers that need the loss (``needs_closure``: exact plane bias, oracle) get a closure
+    that recomputes loss and gradients; the first call's outputs are returned.
+    """
+
+    def forward_backward() -> tuple[Tensor, dict[str, Any]]:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad(), autocast:  # optimizers call closures under no_grad
+            loss, metrics = model(batch)
+            loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+        return loss, metrics
+
+    if not getattr(optimizer, "needs_closure", False):
+        outputs = forward_backward()
+        optimizer.step()
+        return outputs
+
+    calls: list[tuple[Tensor, dict[str, Any]]] = []
+
+    def closure() -> Tensor:
+        calls.append(forward_backward())
+        return calls[-1][0]
+
+    optimizer.step(closure)
+    return calls[0]
+
+
+def make_record(
+    loss: Tensor, metrics: dict[str, Any], pending: list[dict[str, Tensor]], world_size: int
+) -> dict[str, Any]:
+    """Loss, train metrics and the interval's betas as floats, with ONE device->host transfer.
+
+    The loss and tensor metrics are averaged over ranks (betas are the same on every rank).
+    """
+    names = ["loss", *(k for k, v in metrics.items() if isinstance(v, Tensor))]
+    reduced = torch.stack(
+        [loss.detach().double(), *(metrics[k].detach().double() for k in names[1:])]
+    )
+    if world_size > 1:
+        dist.all_reduce(reduced)  # SUM: gloo has no AVG
+        reduced /= world_size
+    beta_values = [v.double() for d in pending for v in d.values()]
+    values = torch.cat([reduced, torch.stack(beta_values)]) if beta_values else reduced
+    floats = values.tolist()
+    record = dict(zip(names, floats[: len(names)], strict=True))
+    record.update({k: float(v) for k, v in metrics.items() if not isinstance(v, Tensor)})
+    stats, rest = [], iter(floats[len(names) :])
+    for d in pending:
+        stats.append({k: next(rest) for k in d})
+    if stats and stats[-1]:
+        record.update(stats[-1])  # beta (and beta_min / beta_max) of this step
+    if len(pending) > 1:
+        record["betas"] = [s.get("beta") for s in stats]  # every step of the interval
+    return record
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: Any, device: torch.device, dtype: torch.dtype | None, autocast: Any
+) -> dict[str, float]:
+    """Mean loss and metrics over ``data.eval_batches()`` as ``eval_*`` (empty without any)."""
+    batches = data.eval_batches()
+    if batches is None:
+        return {}
+    was_training = model.training
+    model.eval()
+    totals: dict[str, Tensor] = {}
+    count = 0
+    for batch in batches:
+        with autocast:
+            loss, metrics = model(to_device(batch, device, dtype))
+        for k, v in {"loss": loss, **metrics}.items():
+            v = torch.as_tensor(v, device=device, dtype=torch.float64)
+            totals[k] = totals[k] + v if k in totals else v
+        count += 1
+    model.train(was_training)
+    if not count:
+        return {}
+    means = (torch.stack(list(totals.values())) / count).tolist()
+    return {f"eval_{k}": v for k, v in zip(totals, means, strict=True)}
+
+
+class StopFlag:
+    """Records SIGTERM / SIGUSR2; the handler only sets a flag, the loop decides when to stop.
+
+    Single process: act at the next step. Under DDP the ranks must agree (a rank that saves and
+    exits alone would hang the others), so ``sync`` (called at log steps) combines the flags.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0  # set by the handler
+        self._agreed = 0  # set by sync, the same on every rank
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():  # signals need the main thread
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def sync(self, world_size: int) -> None:
+        if world_size == 1:
+            return
+        flag = torch.tensor([self.signum], dtype=torch.int64)
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self._agreed = int(flag.item())
+
+    def agreed(self, world_size: int) -> int:
+        """The signal to stop for now (0: go on)."""
+        return self.signum if world_size == 1 else self._agreed

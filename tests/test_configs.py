@@ -1,0 +1,133 @@
+"""Every experiment config composes at every scale, every sweep job is a valid command, and
+every experiment runs at smoke scale; bad input gives Hydra's own errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+from suite_helpers import EXPERIMENTS, REPO_ROOT, compose_config, run_amm, subprocess_env
+
+from amm.config import CONFIG_DIR, SCALES, run_dirname
+from amm.optim import build_optimizer
+from amm.reproduce import available, expand_jobs, job_run_dirs, sweep_blocks
+from amm.trainer import train
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AMM_OFFLINE", "1")
+    monkeypatch.setenv("AMM_CACHE_DIR", str(tmp_path / "amm-cache"))
+    monkeypatch.chdir(tmp_path)  # relative run dirs land in tmp
+
+
+def test_experiments_are_discovered_and_each_has_an_artifact() -> None:
+    assert {"figure1", "figure3"} <= set(EXPERIMENTS)
+    assert available() == EXPERIMENTS  # one module in amm/artifacts per experiment config
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_at_every_scale(experiment: str, scale: str) -> None:
+    cfg = compose_config([f"experiment={experiment}", f"scale={scale}"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert resolved["scale"]["name"] == scale
+    assert resolved["sweep"][scale], f"{experiment} has no sweep for scale {scale}"
+
+    # The first job of every block composes (a wrong key or option in a block fails here; the
+    # other jobs differ only in values) and gets a run directory under runs/<experiment>/<scale>.
+    from hydra import initialize_config_dir
+
+    base = [f"experiment={experiment}", f"scale={scale}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        blocks = sweep_blocks(experiment, scale)
+        for block in blocks:
+            first = expand_jobs([*base, *block])[0]
+            (run_dir,) = job_run_dirs(first)
+            assert run_dir.parent == Path("runs") / experiment / scale
+    jobs = [frozenset(job) for b in blocks for job in expand_jobs([*base, *b])]
+    assert len(set(jobs)) == len(jobs), "two sweep jobs with the same overrides"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_runs_at_smoke_scale(experiment: str, tmp_path: Path) -> None:
+    """Each job of the smoke sweep trains to the end with a finite loss."""
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        blocks = sweep_blocks(experiment, "smoke")
+    jobs = [job for b in blocks for job in expand_jobs([f"experiment={experiment}", "scale=smoke", *b])]
+    for i, job in enumerate(jobs):
+        cfg = compose_config([*job, "trainer.progress=false"])
+        summary = train(cfg, tmp_path / f"run{i}", experiment=experiment)
+        assert summary["step"] == cfg.trainer.max_steps
+        assert math.isfinite(summary["loss"])
+
+
+@pytest.mark.parametrize(
+    "option", sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml"))
+)
+def test_optimizer_configs_build(option: str) -> None:
+    """Each optimizer option's keys are accepted by build_optimizer (config <-> registry)."""
+    cfg = compose_config([f"optimizer={option}"])
+    model = torch.nn.Linear(3, 1, bias=False)
+    info = {"lr": 0.1, "minimizer": [torch.zeros(1, 3)]}
+    opt = build_optimizer(model, **OmegaConf.to_container(cfg.optimizer, resolve=True), info=info)
+    assert opt.param_groups[0]["lr"] == (0.1 if cfg.optimizer.lr == "auto" else cfg.optimizer.lr)
+
+
+def test_sgd_is_mgd_dampening_follows_momentum() -> None:
+    cfg = compose_config(["optimizer=sgd", "optimizer.momentum=0.7"])
+    assert cfg.optimizer.dampening == 0.7
+
+
+def test_by_scale_picks_the_selected_scale() -> None:
+    steps = {s: compose_config([f"scale={s}"]).trainer.max_steps for s in SCALES}
+    assert steps["smoke"] < steps["reduced"] < steps["paper"]
+    assert compose_config(["scale=smoke"]).logger.mode == "disabled"
+
+
+def test_run_dirname() -> None:
+    assert run_dirname("") == "default"
+    assert run_dirname(None) == "default"
+    assert run_dirname("dataset.data_dir=/tmp/x,optimizer=sgd") == "dataset.data_dir=_tmp_x,optimizer=sgd"
+    long = ",".join(f"key{i}=value{i}" for i in range(40))
+    assert len(run_dirname(long)) <= 120
+    assert run_dirname(long) == run_dirname(long)
+    assert run_dirname(long) != run_dirname(long + "x")
+
+
+def test_run_dir_is_a_pure_function_of_the_command() -> None:
+    overrides = ["experiment=figure3", "scale=reduced", "optimizer=sgd", "optimizer.momentum=0.5"]
+    run = compose_config(overrides, hydra=True).hydra
+    # single run and multirun job of the same command share the directory
+    assert run.run.dir == f"{run.sweep.dir}/{run.sweep.subdir}"
+    assert run.run.dir == "runs/figure3/reduced/optimizer.momentum=0.5,optimizer=sgd"
+    assert compose_config(overrides, hydra=True).hydra.run.dir == run.run.dir
+    assert compose_config([], hydra=True).hydra.run.dir == "runs/default/smoke/default"
+
+
+def test_wrong_option_or_key_gives_hydra_errors() -> None:
+    with pytest.raises(MissingConfigException, match="dataset/nope"):
+        compose_config(["dataset=nope"])
+    with pytest.raises(ConfigCompositionException, match="optimizer.lamda"):
+        compose_config(["optimizer.lamda=0.2"])  # struct mode: no new keys by typo
+
+
+def test_cli_reports_unknown_dataset(tmp_path: Path) -> None:
+    proc = run_amm("dataset=nope", cwd=tmp_path, env=subprocess_env(tmp_path), check=False)
+    assert proc.returncode != 0
+    assert "Could not find 'dataset/nope'" in proc.stderr
+    assert "breast_cancer" in proc.stderr  # Hydra lists the available options
+    assert not (tmp_path / "runs").exists()
+
+
+def test_repo_has_no_stray_configs() -> None:
+    """Every config group the root config uses is a folder of configs/."""
+    groups = {"dataset", "model", "optimizer", "trainer", "logger", "scale", "experiment"}
+    assert groups <= {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+    assert (REPO_ROOT / "configs") == CONFIG_DIR

@@ -1,0 +1,547 @@
+"""amm.optim against ALGORITHM.md: sanity facts, torch equivalences, an independent
+plain-Python computation of the formulas, foreach == single-tensor, state_dict, dtypes, AMP,
+torch.compile, bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from amm.optim import (
+    AMSGD,
+    AMAdamW,
+    NonFiniteGradientError,
+    OracleHeavyBall,
+    adaptive_beta,
+    build_optimizer,
+)
+
+# ---------------------------------------------------------------- helpers
+
+
+def _problem(dtype=torch.float64, seed=0):
+    """A small non-quadratic problem with two tensors: f = sum a x^2 / 2 + c x + 0.1 sin(x)."""
+    gen = torch.Generator().manual_seed(seed)
+    a = [
+        torch.rand(3, 4, generator=gen, dtype=dtype) + 0.5,
+        torch.rand(5, generator=gen, dtype=dtype),
+    ]
+    c = [torch.randn(3, 4, generator=gen, dtype=dtype), torch.randn(5, generator=gen, dtype=dtype)]
+    x0 = [torch.randn(3, 4, generator=gen, dtype=dtype), torch.randn(5, generator=gen, dtype=dtype)]
+    return a, c, x0
+
+
+def _loss(params, a, c):
+    return sum(
+        (ai * p**2 / 2 + ci * p + 0.1 * torch.sin(p)).sum() for p, ai, ci in zip(params, a, c)
+    )
+
+
+def _run(opt_factory, steps, lrs=None, dtype=torch.float64, seed=0, closure=False):
+    a, c, x0 = _problem(dtype, seed)
+    params = [nn.Parameter(x.clone()) for x in x0]
+    opt = opt_factory(params)
+    betas = []
+    for t in range(steps):
+        if lrs is not None:
+            for group in opt.param_groups:
+                group["lr"] = lrs[t]
+
+        def fn():
+            opt.zero_grad()
+            loss = _loss(params, a, c)
+            loss.backward()
+            return loss
+
+        if closure:
+            opt.step(fn)
+        else:
+            fn()
+            opt.step()
+        stats = opt.beta_stats() if hasattr(opt, "beta_stats") else {}
+        betas.append(float(stats["beta"]) if "beta" in stats else None)
+    return [p.detach() for p in params], betas, opt
+
+
+def _dot(u, v):
+    return sum(x * y for x, y in zip(u, v))
+
+
+def _flat_problem(seed=0):
+    a, c, x0 = _problem(torch.float64, seed)
+    flat = lambda ts: [float(v) for t in ts for v in t.flatten()]  # noqa: E731
+    return flat(a), flat(c), flat(x0)
+
+
+def _grad(x, a, c):
+    return [ai * xi + ci + 0.1 * math.cos(xi) for xi, ai, ci in zip(x, a, c)]
+
+
+def _f(x, a, c):
+    return sum(ai * xi * xi / 2 + ci * xi + 0.1 * math.sin(xi) for xi, ai, ci in zip(x, a, c))
+
+
+def reference_am_sgd(lrs, lam, beta_max, wd, exact=False, seed=0):
+    """ALGORITHM.md sections 1-2 in plain Python floats."""
+    a, c, x = _flat_problem(seed)
+    d, prev_lr, prev_f, betas = None, None, None, []
+    for lr in lrs:
+        g = [gi + wd * xi for gi, xi in zip(_grad(x, a, c), x)]
+        f = _f(x, a, c) + wd / 2 * _dot(x, x)
+        if d is None:
+            d, beta = list(g), None
+        else:
+            b = (prev_f - f) if exact else prev_lr * _dot(g, d)
+            diff = [gi - di for gi, di in zip(g, d)]
+            num = (1 + lam) * b / lr + _dot([gi + lam * di for gi, di in zip(g, d)], diff)
+            beta = min(max(num / _dot(diff, diff), 0.0), beta_max)
+            d = [((beta + lam) * di + (1 - beta) * gi) / (1 + lam) for gi, di in zip(g, d)]
+        betas.append(beta)
+        x = [xi - lr * di for xi, di in zip(x, d)]
+        prev_lr, prev_f = lr, f
+    return x, betas
+
+
+def reference_am_adamw(lrs, lam, beta_max, wd, beta2=0.99, eps=1e-8, seed=0):
+    """ALGORITHM.md section 3 in plain Python floats (m and c stored as written there)."""
+    a, c_lin, x = _flat_problem(seed)
+    n = len(x)
+    m, v, c = [0.0] * n, [0.0] * n, 0.0
+    prev_lr, betas = None, []
+    for t, lr in enumerate(lrs, start=1):
+        g = _grad(x, a, c_lin)
+        v = [beta2 * vi + (1 - beta2) * gi * gi for vi, gi in zip(v, g)]
+        p = [math.sqrt(vi / (1 - beta2**t)) + eps for vi in v]
+        if t == 1:
+            beta = None
+            b_used = 0.0
+        else:
+            d = [mi / c for mi in m]
+            diff = [gi - di for gi, di in zip(g, d)]
+            b_over_eta_prev = sum(gi * di / pi for gi, di, pi in zip(g, d, p)) + wd * _dot(g, x)
+            num = (1 + lam) * (prev_lr / lr) * b_over_eta_prev + sum(
+                (gi + lam * di) * ei / pi for gi, di, ei, pi in zip(g, d, diff, p)
+            )
+            den = sum(ei * ei / pi for ei, pi in zip(diff, p))
+            beta = min(max(num / den, 0.0), beta_max)
+            b_used = beta
+        betas.append(beta)
+        m = [((b_used + lam) * mi + (1 - b_used) * gi) / (1 + lam) for mi, gi in zip(m, g)]
+        c = ((b_used + lam) * c + (1 - b_used)) / (1 + lam)
+        x = [(1 - lr * wd) * xi - lr * (mi / c) / pi for xi, mi, pi in zip(x, m, p)]
+        prev_lr = lr
+    return x, betas
+
+
+def _flat(params):
+    return [float(v) for p in params for v in p.flatten()]
+
+
+# learning rates large enough that beta moves between its bounds
+BIG_STEPS = [0.8, 0.9, 1.1, 0.7, 1.0, 0.95, 1.2, 0.85, 1.3, 0.9]
+
+# ---------------------------------------------------------------- the beta formula
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.05, 0.1, 0.3])
+def test_g_equals_minus_d_gives_one_minus_3lam_over_4(lam):
+    g = torch.randn(50, dtype=torch.float64)
+    d = -g
+    # linear plane bias, constant lr: b / eta = <g, d>
+    beta = adaptive_beta(
+        torch.dot(g, d), torch.dot(g + lam * d, g - d), torch.dot(g - d, g - d),
+        lam=lam, beta_min=-10.0, beta_max=10.0,
+    )  # fmt: skip
+    assert beta.item() == pytest.approx((1 - 3 * lam) / 4, abs=1e-12)
+
+
+def test_g_equals_minus_d_through_the_optimizer():
+    lam = 0.05
+    p = nn.Parameter(torch.zeros(7, dtype=torch.float64))
+    opt = AMSGD([p], lr=0.1, lam=lam, beta_max=1.0)
+    g = torch.randn(7, dtype=torch.float64)
+    opt.state[p]["step"] = torch.tensor(1.0)
+    opt.state[p]["momentum_buffer"] = -g.clone()
+    p.grad = g.clone()
+    opt.step()
+    assert opt.last_beta.item() == pytest.approx((1 - 3 * lam) / 4, abs=1e-12)
+
+
+def test_lam_zero_bound_used_by_the_proof():
+    torch.manual_seed(1)
+    g, d = torch.randn(30, dtype=torch.float64), torch.randn(30, dtype=torch.float64) * 3
+    beta = adaptive_beta(
+        torch.dot(g, d), torch.dot(g, g - d), torch.dot(g - d, g - d),
+        lam=0.0, beta_min=0.0, beta_max=1.0,
+    )  # fmt: skip
+    assert 0 < beta.item() < 1
+    assert beta.item() * torch.dot(g - d, g - d).item() == pytest.approx(torch.dot(g, g).item())
+
+
+def test_coinciding_planes_report_beta_max():
+    z = torch.zeros((), dtype=torch.float64)
+    assert adaptive_beta(z, z, z, lam=0.1, beta_min=0.0, beta_max=0.9).item() == 0.9
+
+
+# ---------------------------------------------------------------- equivalences with torch
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("b", [0.0, 0.5, 0.9])
+def test_frozen_am_sgd_is_torch_sgd_with_dampening(foreach, b):
+    def ours(params):
+        return AMSGD(
+            [{"params": params[:1]}, {"params": params[1:], "lr": 0.02, "weight_decay": 0.01}],
+            lr=0.05, lam=0.0, frozen_beta=b, foreach=foreach,
+        )  # fmt: skip
+
+    def theirs(params):
+        return torch.optim.SGD(
+            [{"params": params[:1]}, {"params": params[1:], "lr": 0.02, "weight_decay": 0.01}],
+            lr=0.05, momentum=b, dampening=b, foreach=foreach,
+        )  # fmt: skip
+
+    x1, _, _ = _run(ours, 60, dtype=torch.float32)
+    x2, _, _ = _run(theirs, 60, dtype=torch.float32)
+    for p, q in zip(x1, x2):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_frozen_am_adamw_is_torch_adamw(foreach):
+    kw = dict(lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+    x1, _, _ = _run(
+        lambda p: AMAdamW(p, **kw, lam=0.0, frozen_beta=0.9, foreach=foreach),
+        100,
+        dtype=torch.float32,
+    )
+    x2, _, _ = _run(lambda p: torch.optim.AdamW(p, **kw, foreach=foreach), 100, dtype=torch.float32)
+    for p, q in zip(x1, x2):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- independent reference
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("wd", [0.0, 0.05])
+def test_am_sgd_matches_plain_python_reference(foreach, wd):
+    x, betas, _ = _run(
+        lambda p: AMSGD(p, lr=BIG_STEPS[0], lam=0.1, beta_max=0.9, weight_decay=wd, foreach=foreach),
+        len(BIG_STEPS), lrs=BIG_STEPS,
+    )  # fmt: skip
+    x_ref, betas_ref = reference_am_sgd(BIG_STEPS, lam=0.1, beta_max=0.9, wd=wd)
+    assert betas[0] is None and betas_ref[0] is None
+    assert betas[1:] == pytest.approx(betas_ref[1:], abs=1e-12)
+    assert len({round(b, 6) for b in betas[1:]}) > 2, "beta should vary on this problem"
+    assert _flat(x) == pytest.approx(x_ref, abs=1e-12)
+
+
+def test_am_sgd_exact_plane_bias_matches_reference():
+    x, betas, opt = _run(
+        lambda p: AMSGD(p, lr=0.9, lam=0.1, beta_max=0.9, plane_bias="exact"), 10, closure=True
+    )
+    assert opt.needs_closure
+    x_ref, betas_ref = reference_am_sgd([0.9] * 10, lam=0.1, beta_max=0.9, wd=0.0, exact=True)
+    assert len({round(b, 6) for b in betas[1:]}) > 2
+    assert betas[1:] == pytest.approx(betas_ref[1:], abs=1e-12)
+    assert _flat(x) == pytest.approx(x_ref, abs=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_am_adamw_matches_plain_python_reference(foreach, wd):
+    x, betas, _ = _run(
+        lambda p: AMAdamW(p, lr=BIG_STEPS[0], lam=0.1, weight_decay=wd, foreach=foreach),
+        len(BIG_STEPS), lrs=BIG_STEPS,
+    )  # fmt: skip
+    x_ref, betas_ref = reference_am_adamw(BIG_STEPS, lam=0.1, beta_max=0.9, wd=wd)
+    assert betas[1:] == pytest.approx(betas_ref[1:], abs=1e-10)
+    assert len({round(b, 6) for b in betas[1:]}) > 2
+    assert _flat(x) == pytest.approx(x_ref, abs=1e-10)
+
+
+def test_works_with_torch_lr_scheduler():
+    model = nn.Linear(4, 2)
+    opt = AMAdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    for _ in range(5):
+        used = opt.param_groups[0]["lr"]
+        opt.zero_grad()
+        model(torch.randn(8, 4)).square().mean().backward()
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] < used < 0.1
+    assert opt.param_groups[0]["prev_lr"] == used  # eta_{t-1} for the next plane bias
+    assert 0.0 <= opt.last_beta.item() <= 0.9
+
+
+# ---------------------------------------------------------------- foreach == single-tensor
+
+VARIANTS = [
+    dict(),
+    dict(beta_scope="per-tensor"),
+    dict(beta_scope="per-group"),
+    dict(beta_min=0.3),
+    dict(restart_below=0.5),
+    dict(frozen_beta=0.7),
+    dict(weight_decay=0.05),
+]
+
+
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize(
+    "variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default"
+)
+def test_foreach_equals_single_tensor(cls, variant):
+    def make(foreach):
+        def factory(params):
+            groups = [{"params": params[:1]}, {"params": params[1:], "lr": 0.03}]
+            return cls(groups, lr=0.05, foreach=foreach, **variant)
+
+        return factory
+
+    x1, b1, _ = _run(make(True), 12, dtype=torch.float32)
+    x2, b2, _ = _run(make(False), 12, dtype=torch.float32)
+    for p, q in zip(x1, x2):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert [b is None for b in b1] == [b is None for b in b2]
+    assert [b for b in b1 if b is not None] == pytest.approx(
+        [b for b in b2 if b is not None], abs=1e-5
+    )
+
+
+def test_restart_resets_momentum_and_clip_bounds_beta():
+    _, betas, opt = _run(lambda p: AMSGD(p, lr=0.05, beta_min=0.4), 10)
+    assert all(0.4 <= b <= 0.9 for b in betas[1:])
+    p = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt = AMSGD([p], lr=0.1, restart_below=0.95, beta_max=0.9)  # always restarts
+    g = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    opt.state[p]["step"] = torch.tensor(1.0)
+    opt.state[p]["momentum_buffer"] = torch.tensor([5.0, 5.0, 5.0], dtype=torch.float64)
+    p.grad = g.clone()
+    opt.step()
+    assert torch.equal(opt.state[p]["momentum_buffer"], g)
+
+
+# ---------------------------------------------------------------- state_dict, groups, grads
+
+
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+def test_state_dict_resume_is_bit_identical(cls):
+    torch.manual_seed(0)
+    data = [torch.randn(16, 6) for _ in range(20)]
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def train(model, opt, batches):
+        for x in batches:
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+
+    m1 = copy.deepcopy(model)
+    o1 = cls(m1.parameters(), lr=0.01)
+    train(m1, o1, data)
+
+    m2 = copy.deepcopy(model)
+    o2 = cls(m2.parameters(), lr=0.01)
+    train(m2, o2, data[:9])
+    saved = copy.deepcopy((m2.state_dict(), o2.state_dict()))
+    m3 = copy.deepcopy(model)
+    o3 = cls(m3.parameters(), lr=0.01)
+    m3.load_state_dict(saved[0])
+    o3.load_state_dict(saved[1])
+    train(m3, o3, data[9:])
+    for p, q in zip(m1.parameters(), m3.parameters()):
+        assert torch.equal(p, q)
+    assert torch.equal(o1.last_beta, o3.last_beta)
+
+
+def test_params_without_grads_are_skipped_and_groups_keep_their_lr():
+    a, b, frozen = (nn.Parameter(torch.randn(4)) for _ in range(3))
+    opt = AMSGD([{"params": [a, frozen]}, {"params": [b], "lr": 0.5}], lr=0.1)
+    before = frozen.detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        (a.square().sum() + b.square().sum()).backward()
+        opt.step()
+    assert torch.equal(frozen, before) and frozen not in opt.state or not opt.state[frozen]
+    assert opt.param_groups[1]["prev_lr"] == 0.5
+
+
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_params_reduce_in_fp32(cls, dtype):
+    torch.manual_seed(0)
+    model = nn.Linear(16, 4).to(dtype)
+    ref = nn.Linear(16, 4)
+    ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    o, o_ref = cls(model.parameters(), lr=0.01), cls(ref.parameters(), lr=0.01)
+    for _ in range(10):
+        x = torch.randn(32, 16)
+        for m, opt in ((model, o), (ref, o_ref)):
+            opt.zero_grad()
+            m(x.to(m.weight.dtype)).float().square().mean().backward()
+            opt.step()
+    assert o.last_beta.dtype == torch.float32
+    assert all(torch.isfinite(p.float()).all() for p in model.parameters())
+    assert o.last_beta.item() == pytest.approx(o_ref.last_beta.item(), abs=0.05)
+
+
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+def test_amp_grad_scaler(cls):
+    model = nn.Linear(8, 1)
+    opt = cls(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    for step in range(6):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(torch.randn(4, 8)).float().square().mean()
+        scaler.scale(loss).backward()
+        if step == 3:  # an overflow: the scaler must skip the step and our state must not change
+            model.weight.grad[0, 0] = float("inf")
+            state_before = copy.deepcopy(opt.state_dict())
+        scaler.step(opt)
+        scaler.update()
+        if step == 3:
+            after = opt.state_dict()["state"]
+            for k, st in state_before["state"].items():
+                for name, val in st.items():
+                    assert torch.equal(val, after[k][name])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_torch_compile_step_matches_eager():
+    torch.manual_seed(0)
+    model = nn.Linear(8, 4)
+    twin = copy.deepcopy(model)
+    o1 = AMAdamW(model.parameters(), lr=0.01, nonfinite="off")
+    o2 = AMAdamW(twin.parameters(), lr=0.01, nonfinite="off")
+    compiled_step = torch.compile(o2.step)
+    for _ in range(4):
+        x = torch.randn(16, 8)
+        for m, o, step in ((model, o1, o1.step), (twin, o2, compiled_step)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(lam=-0.1), "lam"),
+        (dict(beta_max=1.5), "beta_max"),
+        (dict(beta_min=0.95), "beta_min"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(restart_below=2.0), "restart_below"),
+        (dict(frozen_beta=-0.1), "frozen_beta"),
+        (dict(beta_scope="layer"), "beta_scope"),
+        (dict(plane_bias="quadratic"), "plane_bias"),
+        (dict(nonfinite="ignore"), "nonfinite"),
+        (dict(plane_bias="exact", beta_scope="per-tensor"), "beta_scope"),
+    ],
+)
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+def test_invalid_hyperparameters_name_the_parameter(cls, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        cls([nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_adamw_specific_bad_input_and_global_scope_consistency():
+    with pytest.raises(ValueError, match="betas"):
+        AMAdamW([nn.Parameter(torch.zeros(2))], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="eps"):
+        AMAdamW([nn.Parameter(torch.zeros(2))], eps=-1.0)
+    with pytest.raises(ValueError, match="per-group"):
+        AMSGD([{"params": [nn.Parameter(torch.zeros(2))], "lam": 0.2},
+               {"params": [nn.Parameter(torch.zeros(2))]}])  # fmt: skip
+
+
+def test_exact_plane_bias_without_closure_is_a_clear_error():
+    p = nn.Parameter(torch.zeros(2))
+    p.grad = torch.ones(2)
+    with pytest.raises(ValueError, match="closure"):
+        AMSGD([p], plane_bias="exact").step()
+
+
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+def test_sparse_gradients_are_rejected(cls):
+    emb = nn.Embedding(10, 3, sparse=True)
+    opt = cls(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+def test_nonfinite_gradient_raises_naming_the_parameter_or_skips(cls):
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    opt = cls(model.named_parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step()
+    before = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    model[1].bias.grad[0] = float("nan")
+    with pytest.raises(NonFiniteGradientError, match=r"1\.bias"):
+        opt.step()
+    skip = cls(model.named_parameters(), lr=0.1, nonfinite="skip")
+    skip.load_state_dict(before[1])
+    skip.step()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[0][k])
+    for k, st in skip.state_dict()["state"].items():
+        for name, val in st.items():
+            assert torch.equal(val, before[1]["state"][k][name])
+
+
+# ---------------------------------------------------------------- oracle and registry
+
+
+def test_oracle_beta_is_the_one_step_optimum():
+    torch.manual_seed(0)
+    A = torch.diag(torch.linspace(0.1, 1.0, 6, dtype=torch.float64))
+    x_star = torch.randn(6, dtype=torch.float64)
+    x = nn.Parameter(torch.zeros(6, dtype=torch.float64))
+    opt = OracleHeavyBall([x], minimizer=[x_star], lr=1.0)
+    for _ in range(5):
+        x_t = x.detach().clone()
+        opt.zero_grad()
+        (0.5 * (x - x_star) @ A @ (x - x_star)).backward()
+        d = opt.state[x].get("momentum_buffer")
+        d = None if d is None else d.clone()
+        opt.step()
+        if d is not None:
+            g = A @ (x_t - x_star)
+            grid = torch.linspace(0, 1, 2001, dtype=torch.float64)
+            dist = [torch.norm(x_t - (g + b * (d - g)) - x_star) for b in grid]
+            best = grid[int(torch.argmin(torch.stack(dist)))]
+            assert opt.last_beta.item() == pytest.approx(best.item(), abs=1e-3)
+
+
+def test_registry_builds_every_optimizer_with_param_groups():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 1))
+    info = {"lr": 0.25, "minimizer": [torch.zeros_like(p) for p in model.parameters()]}
+    for name in ["am_sgd", "am_adamw", "sgd", "adamw", "adam"]:
+        opt = build_optimizer(model, name, lr="auto", weight_decay=0.01, info=info)
+        assert opt.param_groups[0]["lr"] == 0.25
+        assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+        assert all(p.ndim < 2 for p in opt.param_groups[1]["params"])
+    oracle = build_optimizer(model, "oracle", lr=0.1, info=info)
+    assert isinstance(oracle, OracleHeavyBall)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_optimizer(model, "lion", lr=0.1)
+    with pytest.raises(ValueError, match="auto"):
+        build_optimizer(model, "sgd", lr="auto")
+    with pytest.raises(ValueError, match="am_sgd"):
+        build_optimizer(model, "am_sgd", lr=0.1, momentum=0.9)
