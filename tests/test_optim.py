@@ -545,3 +545,26 @@ def test_registry_builds_every_optimizer_with_param_groups():
         build_optimizer(model, "sgd", lr="auto")
     with pytest.raises(ValueError, match="am_sgd"):
         build_optimizer(model, "am_sgd", lr=0.1, momentum=0.9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU sessions)")
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("scope", ["global", "per-tensor"])
+def test_no_host_sync_in_step_on_cuda(cls, scope):
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1)).cuda()
+    opt = cls(
+        [{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.02}],
+        lr=0.01,
+        beta_scope=scope,
+        nonfinite="off",
+    )
+    x = torch.randn(4, 8, device="cuda")
+    for step in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        torch.cuda.set_sync_debug_mode("error" if step > 0 else "default")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert opt.last_beta.device.type == "cuda"

@@ -94,6 +94,22 @@ def check_common_hparams(group: dict[str, Any], owner: str) -> None:
         raise bad("frozen_beta", "must be None or in [0, 1]")
 
 
+def small_tensor(values: list[Any], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A few host values on the device without a host sync: a plain copy from pageable memory
+    would wait for the stream, so accelerators get a non-blocking copy from pinned memory."""
+    t = torch.tensor(values, dtype=dtype)
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def per_tensor(values: list[float], device: torch.device, dtype: torch.dtype) -> Tensor | float:
+    """Per-tensor hyper-parameters: one float when they agree (the usual case), else a vector."""
+    if all(v == values[0] for v in values):
+        return float(values[0])
+    return small_tensor(values, device, dtype)
+
+
 def beta_vector(
     beta: list[Tensor | float | None], fill: list[float], device: torch.device, dtype: torch.dtype
 ) -> Tensor:
@@ -101,13 +117,14 @@ def beta_vector(
     first = beta[0]
     if isinstance(first, Tensor) and all(b is first for b in beta):  # global scope
         return first.to(dtype).reshape(1).expand(len(beta))
-    out = torch.tensor(
-        [float(b) if isinstance(b, float) else f for b, f in zip(beta, fill)], dtype=dtype
-    ).to(device)
-    idx = [i for i, b in enumerate(beta) if isinstance(b, Tensor)]
-    if idx:
-        out[idx] = torch.stack([beta[i] for i in idx]).to(dtype)  # type: ignore[misc]
-    return out
+    return torch.stack(
+        [
+            b.to(dtype)
+            if isinstance(b, Tensor)
+            else torch.full((), float(f if b is None else b), dtype=dtype, device=device)
+            for b, f in zip(beta, fill)
+        ]
+    )
 
 
 class AdaptiveMemoryOptimizer(Optimizer):
@@ -341,57 +358,66 @@ class AdaptiveMemoryOptimizer(Optimizer):
         rows = self._sums(ts, prep, adaptive, foreach)  # [n, 4]: cross, gap_sq, <g,d>, <g,x>
         device, dtype = rows.device, rows.dtype
         gids = [ts.group_ids[i] for i in adaptive]
-        eta = torch.tensor([groups[g]["lr"] for g in gids], dtype=dtype).to(device)
-        prev = [groups[g]["prev_lr"] for g in gids]
-        eta_prev = torch.tensor(
-            [p if p is not None else groups[g]["lr"] for p, g in zip(prev, gids)], dtype=dtype
-        ).to(device)
+        eta = per_tensor([groups[g]["lr"] for g in gids], device, dtype)
+        eta_prev = per_tensor(
+            [groups[g]["prev_lr"] or groups[g]["lr"] for g in gids], device, dtype
+        )
+        g_dot_d = rows[:, 2]
         if self._uses_decoupled_decay():
-            wd = torch.tensor([groups[g]["weight_decay"] for g in gids], dtype=dtype).to(device)
-            linear_bias = eta_prev * (rows[:, 2] + wd * rows[:, 3])
-        else:
-            linear_bias = eta_prev * rows[:, 2]
-        plane = torch.zeros_like(linear_bias) if self.plane_bias == "exact" else linear_bias
+            wd = per_tensor([groups[g]["weight_decay"] for g in gids], device, dtype)
+            g_dot_d = g_dot_d + wd * rows[:, 3]
+        # exact: f(x_{t-1}) - f(x_t) is added after the reduction (it is global already);
+        # without a previous loss (e.g. an old checkpoint) fall back to the first-order bias
+        exact = self.plane_bias == "exact" and groups[0]["prev_loss"] is not None
+        plane = torch.zeros_like(g_dot_d) if exact else eta_prev * g_dot_d
         weighted = torch.stack([plane, eta * rows[:, 0], eta * rows[:, 1]], dim=1)
 
         if self.beta_scope == "global":
-            units, unit_of = 1, [0] * len(adaptive)
-        elif self.beta_scope == "per-group":
-            present = sorted(set(gids))
-            units, unit_of = len(present), [present.index(g) for g in gids]
+            unit_of = [0] * len(adaptive)
+            packed = weighted.sum(0, keepdim=True)
         else:
-            units, unit_of = len(adaptive), list(range(len(adaptive)))
-        index = torch.tensor(unit_of, device=device)
-        packed = torch.zeros(units, 3, dtype=dtype, device=device).index_add_(0, index, weighted)
+            if self.beta_scope == "per-group":
+                present = sorted(set(gids))
+                unit_of = [present.index(g) for g in gids]
+            else:
+                unit_of = list(range(len(adaptive)))
+            index = small_tensor(unit_of, device, torch.long)
+            packed = torch.zeros(max(unit_of) + 1, 3, dtype=dtype, device=device)
+            packed.index_add_(0, index, weighted)
         if reduce_group is not None:
             dist.all_reduce(packed, group=reduce_group)  # the one collective of a sharded step
-        if self.plane_bias == "exact":
-            prev_loss = groups[0]["prev_loss"]
-            if prev_loss is not None:
-                b = prev_loss.to(device=device, dtype=dtype) - loss.detach().to(device, dtype)
-                packed[:, 0] = b
-            else:  # no previous loss (e.g. resumed from an old checkpoint): first-order bias
-                packed[:, 0] = linear_bias.sum()
+        if exact:
+            prev_loss = groups[0]["prev_loss"].to(device=device, dtype=dtype)
+            packed[:, 0] = prev_loss - loss.detach().to(device=device, dtype=dtype)
 
         # One vectorised call per distinct (lam, beta_min, beta_max); usually there is one.
-        unit_gid = [0] * units
-        for k, u in enumerate(unit_of):
-            unit_gid[u] = gids[k]
-        unit_beta = torch.empty(units, dtype=dtype, device=device)
+        unit_gid = {u: g for u, g in zip(unit_of, gids)}
         settings: dict[tuple[float, float, float], list[int]] = {}
-        for u, g in enumerate(unit_gid):
-            key = (groups[g]["lam"], groups[g]["beta_min"], groups[g]["beta_max"])
-            settings.setdefault(key, []).append(u)
-        for (lam, beta_min, beta_max), members in settings.items():
-            sel = torch.tensor(members, device=device)
-            p = packed.index_select(0, sel)
-            unit_beta.index_copy_(
-                0,
-                sel,
-                adaptive_beta(
-                    p[:, 0], p[:, 1], p[:, 2], lam=lam, beta_min=beta_min, beta_max=beta_max
-                ),
+        for u in range(packed.shape[0]):
+            g = groups[unit_gid[u]]
+            settings.setdefault((g["lam"], g["beta_min"], g["beta_max"]), []).append(u)
+        if len(settings) == 1:
+            (lam, beta_min, beta_max), _ = settings.popitem()
+            unit_beta = adaptive_beta(
+                packed[:, 0],
+                packed[:, 1],
+                packed[:, 2],
+                lam=lam,
+                beta_min=beta_min,
+                beta_max=beta_max,
             )
+        else:
+            unit_beta = torch.empty(packed.shape[0], dtype=dtype, device=device)
+            for (lam, beta_min, beta_max), members in settings.items():
+                sel = small_tensor(members, device, torch.long)
+                p = packed.index_select(0, sel)
+                unit_beta.index_copy_(
+                    0,
+                    sel,
+                    adaptive_beta(
+                        p[:, 0], p[:, 1], p[:, 2], lam=lam, beta_min=beta_min, beta_max=beta_max
+                    ),
+                )
         self._last_beta = unit_beta
         per_unit = unit_beta.unbind()
         for k, i in enumerate(adaptive):

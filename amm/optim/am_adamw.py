@@ -26,6 +26,7 @@ from amm.optim._base import (
     StepTensors,
     _local,
     beta_vector,
+    per_tensor,
     sum_dtype,
 )
 from amm.optim.am_sgd import _by_group, _common_sum_dtype, _dot, gap_and_cross
@@ -83,7 +84,7 @@ def _multi_tensor_am_adamw_sums(
     if any(g.dtype != dtype for g in grads):  # bf16/fp16: reduce in fp32
         grads, moms = [g.to(dtype) for g in grads], [m.to(dtype) for m in moms]
         params, inv = [p.to(dtype) for p in params], [i.to(dtype) for i in inv]
-    scale = torch.tensor(metric.scales, dtype=dtype, device=grads[0].device)
+    scale = per_tensor(metric.scales, grads[0].device, dtype)
     if scratch is None or scratch[0].dtype != dtype:
         u = torch._foreach_mul(grads, inv)
     else:
@@ -253,7 +254,7 @@ class AMAdamW(AdaptiveMemoryOptimizer):
         moms = [_local(st["momentum"]) for st in ts.states]
         corrections = [st["bias_correction"] for st in ts.states]
         c = torch.stack(corrections)
-        lam = torch.tensor([groups[g]["lam"] for g in ts.group_ids], dtype=c.dtype).to(c.device)
+        lam = per_tensor([groups[g]["lam"] for g in ts.group_ids], c.device, c.dtype)
         # t = 1 has no momentum to weigh: beta = 0 (m_hat_1 = g_1), or the frozen value
         fill = [groups[g]["frozen_beta"] or 0.0 for g in ts.group_ids]
         b = beta_vector(beta, fill, c.device, c.dtype)
@@ -266,8 +267,8 @@ class AMAdamW(AdaptiveMemoryOptimizer):
             for g, x in zip(ts.group_ids, beta)
         ]
         if any(t is not None for t in thresholds):  # Restart: m_hat <- g, c <- 1
-            thr = torch.tensor([-math.inf if t is None else t for t in thresholds], dtype=c.dtype)
-            restart = b < thr.to(c.device)
+            thr = [-math.inf if t is None else t for t in thresholds]
+            restart = b < per_tensor(thr, c.device, c.dtype)
             w = torch.where(restart, torch.ones_like(w), w)
             c_next = torch.where(restart, torch.ones_like(c_next), c_next)
         w = torch.nan_to_num(w, nan=0.0)  # 0/0 only for beta = 1 with c = 0: keep the state

@@ -19,6 +19,7 @@ from amm.optim._base import (
     StepTensors,
     _local,
     beta_vector,
+    per_tensor,
     sum_dtype,
 )
 
@@ -92,8 +93,8 @@ def lerp_weight(
     """d_{t+1} = lerp(d_t, g_t, w) with w = (1 - beta) / (1 + lam); a restart sets w = 1 (d <- g)."""
     w = (1 - beta) / (1 + lam)
     if restart_below is not None:
-        thr = torch.tensor([-math.inf if t is None else t for t in restart_below], dtype=w.dtype)
-        w = torch.where(beta < thr.to(w.device), torch.ones_like(w), w)
+        thr = [-math.inf if t is None else t for t in restart_below]
+        w = torch.where(beta < per_tensor(thr, w.device, w.dtype), torch.ones_like(w), w)
     return w
 
 
@@ -211,7 +212,7 @@ class AMSGD(AdaptiveMemoryOptimizer):
         if adaptive:
             b = beta_vector([beta[i] for i in adaptive], [0.0] * len(adaptive), *_where(grads))
             gids = [ts.group_ids[i] for i in adaptive]
-            lam = torch.tensor([groups[g]["lam"] for g in gids], dtype=b.dtype).to(b.device)
+            lam = per_tensor([groups[g]["lam"] for g in gids], b.device, b.dtype)
             thr = [groups[g]["restart_below"] for g in gids]
             w = lerp_weight(b, lam, None if all(t is None for t in thr) else thr)
             bufs_a, grads_a = [bufs[i] for i in adaptive], [grads[i] for i in adaptive]
