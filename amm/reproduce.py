@@ -5,8 +5,8 @@
 1. Composes ``experiment=<artifact> scale=<scale>`` and reads its ``sweep.<scale>`` blocks.
 2. Runs each block as one Hydra multirun, in a subprocess:
    ``python -m amm.run -m experiment=<artifact> scale=<scale> <block overrides> <overrides>``
-   (printed and recorded). Finished runs return at once and pre-empted ones resume, so the same
-   command can simply be run again. Extra overrides go to every block, e.g.
+   (printed and recorded). Blocks whose runs have all finished are not launched again, and
+   pre-empted runs resume from their checkpoints, so the same command can simply be re-run. Extra overrides go to every block, e.g.
    ``hydra/launcher=submitit_slurm`` to run the jobs on a cluster.
 3. Calls ``amm.artifacts.<artifact>.make(run_dirs, out_dir, scale)`` with the run directories of
    exactly these jobs, and writes ``commands.txt`` and ``provenance.json`` next to the outputs
@@ -91,6 +91,10 @@ def reproduce(
     """Run the artifact's sweep at ``scale`` and make the artifact; returns its folder."""
     if artifact not in available():
         raise SystemExit(f"unknown artifact {artifact!r}; available: {', '.join(available())}")
+    reproduce_cmd = ["python", "-m", "amm.reproduce", artifact, "--scale", scale]
+    if out_dir is not None:
+        reproduce_cmd += ["--out-dir", str(out_dir)]
+    reproduce_cmd += overrides
     out_dir = out_dir or Path("results") / artifact / scale
     commands: list[str] = []
     run_dirs: list[Path] = []
@@ -100,8 +104,11 @@ def reproduce(
             cmd = [sys.executable, "-m", "amm.run", "-m", *job]
             commands.append(shlex.join(["python", *cmd[1:]]))
             print(commands[-1], flush=True)
-            run_dirs += job_run_dirs(job)
-            if not dry_run:
+            dirs = job_run_dirs(job)
+            run_dirs += dirs
+            if all((d / "summary.json").exists() for d in dirs):
+                print(f"  all {len(dirs)} runs finished already")
+            elif not dry_run:
                 subprocess.run(cmd, check=True)
     if dry_run:
         print("\n".join(f"  {d}" for d in run_dirs))
@@ -109,7 +116,6 @@ def reproduce(
 
     importlib.import_module(f"amm.artifacts.{artifact}").make(run_dirs, out_dir, scale)
     (out_dir / "commands.txt").write_text("\n".join(commands) + "\n")
-    reproduce_cmd = ["python", "-m", "amm.reproduce", artifact, "--scale", scale, *overrides]
     record = {**provenance(shlex.join(reproduce_cmd)), "commands": commands}
     record["run_dirs"] = [str(d) for d in run_dirs]
     (out_dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -66,6 +66,8 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
     rank, world_size, device = setup_distributed(tcfg.device)
     is_main = rank == 0
     seed_everything(int(tcfg.seed))
+    if tcfg.num_threads:
+        torch.set_num_threads(int(tcfg.num_threads))
 
     # ---- problem, model, optimizer, schedule ---------------------------------------------
     data = instantiate(cfg.dataset)
@@ -157,7 +159,7 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
             epoch, i, batch = next(batches)
             batch = to_device(batch, device, dtype)
 
-            loss, metrics = take_step(model, optimizer, batch, autocast, tcfg.grad_clip)
+            loss, metrics = take_step(model, optimizer, batch, autocast, tcfg.grad_clip, world_size)
             scheduler.step()
             step, batch_idx = step + 1, i + 1
             pending.append(beta_stats())
@@ -175,7 +177,8 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
                 record["time_s"] = elapsed + time.perf_counter() - t0
                 if is_main:
                     write(record)
-                    bar.set_postfix({k: record[k] for k in ("loss", "beta") if k in record})
+                    postfix = {k: record[k] for k in ("loss", "beta") if k in record}
+                    bar.set_postfix(postfix, refresh=False)  # drawn at tqdm's own pace
                 last = record
                 stop.sync(world_size)
 
@@ -332,12 +335,19 @@ def to_device(batch: Any, device: torch.device, dtype: torch.dtype | None) -> An
 
 
 def take_step(
-    model: nn.Module, optimizer: Any, batch: Any, autocast: Any, grad_clip: float | None
+    model: nn.Module,
+    optimizer: Any,
+    batch: Any,
+    autocast: Any,
+    grad_clip: float | None,
+    world_size: int,
 ) -> tuple[Tensor, dict[str, Any]]:
-    """One optimizer update on ``batch``; returns the loss and metrics before the update.
+    """One optimizer update on ``batch``; returns the (local) loss and metrics before it.
 
     Optimizers that need the loss (``needs_closure``: exact plane bias, oracle) get a closure
-    that recomputes loss and gradients; the first call's outputs are returned.
+    that recomputes loss and gradients; the first call's outputs are returned. Under DDP the
+    closure returns the loss averaged over ranks, like the gradients: an optimizer that used
+    its rank's loss would compute a different beta, and the replicas would drift apart.
     """
 
     def forward_backward() -> tuple[Tensor, dict[str, Any]]:
@@ -358,7 +368,12 @@ def take_step(
 
     def closure() -> Tensor:
         calls.append(forward_backward())
-        return calls[-1][0]
+        loss = calls[-1][0].detach()
+        if world_size > 1:
+            loss = loss.clone()
+            dist.all_reduce(loss)  # SUM: gloo has no AVG
+            loss /= world_size
+        return loss
 
     optimizer.step(closure)
     return calls[0]

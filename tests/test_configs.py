@@ -8,11 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import (
+    ConfigCompositionException,
+    InstantiationException,
+    MissingConfigException,
+)
 from omegaconf import OmegaConf
-from suite_helpers import EXPERIMENTS, REPO_ROOT, compose_config, run_amm, subprocess_env
+from suite_helpers import EXPERIMENTS, compose_config, run_amm, subprocess_env
 
 from amm.config import CONFIG_DIR, SCALES, run_dirname
+from amm.data.libsvm import DataNotFoundError
 from amm.optim import build_optimizer
 from amm.reproduce import available, expand_jobs, job_run_dirs, sweep_blocks
 from amm.trainer import train
@@ -60,10 +65,17 @@ def test_experiment_runs_at_smoke_scale(experiment: str, tmp_path: Path) -> None
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         blocks = sweep_blocks(experiment, "smoke")
-    jobs = [job for b in blocks for job in expand_jobs([f"experiment={experiment}", "scale=smoke", *b])]
+    jobs = [
+        job for b in blocks for job in expand_jobs([f"experiment={experiment}", "scale=smoke", *b])
+    ]
     for i, job in enumerate(jobs):
         cfg = compose_config([*job, "trainer.progress=false"])
-        summary = train(cfg, tmp_path / f"run{i}", experiment=experiment)
+        try:
+            summary = train(cfg, tmp_path / f"run{i}", experiment=experiment)
+        except InstantiationException as err:  # data this machine lacks (set AMM_DATA_DIR)
+            if isinstance(err.__cause__, DataNotFoundError):
+                pytest.skip(f"{experiment} needs data not found here: {err.__cause__}")
+            raise
         assert summary["step"] == cfg.trainer.max_steps
         assert math.isfinite(summary["loss"])
 
@@ -94,7 +106,10 @@ def test_by_scale_picks_the_selected_scale() -> None:
 def test_run_dirname() -> None:
     assert run_dirname("") == "default"
     assert run_dirname(None) == "default"
-    assert run_dirname("dataset.data_dir=/tmp/x,optimizer=sgd") == "dataset.data_dir=_tmp_x,optimizer=sgd"
+    assert (
+        run_dirname("dataset.data_dir=/tmp/x,optimizer=sgd")
+        == "dataset.data_dir=_tmp_x,optimizer=sgd"
+    )
     long = ",".join(f"key{i}=value{i}" for i in range(40))
     assert len(run_dirname(long)) <= 120
     assert run_dirname(long) == run_dirname(long)
@@ -109,6 +124,9 @@ def test_run_dir_is_a_pure_function_of_the_command() -> None:
     assert run.run.dir == "runs/figure3/reduced/optimizer.momentum=0.5,optimizer=sgd"
     assert compose_config(overrides, hydra=True).hydra.run.dir == run.run.dir
     assert compose_config([], hydra=True).hydra.run.dir == "runs/default/smoke/default"
+    # settings that do not change the results do not change the directory either
+    quiet = [*overrides, "trainer.progress=false", "logger.mode=offline", "trainer.num_threads=1"]
+    assert compose_config(quiet, hydra=True).hydra.run.dir == run.run.dir
 
 
 def test_wrong_option_or_key_gives_hydra_errors() -> None:
@@ -124,10 +142,3 @@ def test_cli_reports_unknown_dataset(tmp_path: Path) -> None:
     assert "Could not find 'dataset/nope'" in proc.stderr
     assert "breast_cancer" in proc.stderr  # Hydra lists the available options
     assert not (tmp_path / "runs").exists()
-
-
-def test_repo_has_no_stray_configs() -> None:
-    """Every config group the root config uses is a folder of configs/."""
-    groups = {"dataset", "model", "optimizer", "trainer", "logger", "scale", "experiment"}
-    assert groups <= {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
-    assert (REPO_ROOT / "configs") == CONFIG_DIR

@@ -60,7 +60,9 @@ def test_run_writes_the_contract_outputs(tmp_path: Path) -> None:
     assert "beta" not in records[0]  # the first AM step is plain gradient descent
     assert all(0.0 <= r["beta"] <= 0.9 for r in records[1:])
     fstar = records[0]["loss"] - records[0]["objective_gap"]
-    assert fstar > 0 and all(r["loss"] - r["objective_gap"] == pytest.approx(fstar) for r in records)
+    assert fstar > 0 and all(
+        r["loss"] - r["objective_gap"] == pytest.approx(fstar) for r in records
+    )
     assert records[0]["loss"] == pytest.approx(math.log(2))  # zero init: log(1 + e^0)
     assert records[-1]["loss"] < records[0]["loss"]
     assert out == summary(tmp_path) and out["step"] == 12 and "accuracy" in out
@@ -160,8 +162,8 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
 
     run_amm(*QUADRATIC, f"hydra.run.dir={run_dir}", cwd=tmp_path, env=subprocess_env(tmp_path))
     assert metrics(run_dir) == metrics(quadratic_reference)
-    resumed = torch.load(run_dir / CHECKPOINT, weights_only=False)["model"]["x"]
-    assert torch.equal(resumed, torch.load(quadratic_reference / CHECKPOINT)["model"]["x"])
+    final = [torch.load(d / CHECKPOINT, weights_only=False) for d in (run_dir, quadratic_reference)]
+    assert torch.equal(final[0]["model"]["x"], final[1]["model"]["x"])
 
 
 def test_hard_kill_resume_drops_records_after_the_checkpoint(
@@ -206,10 +208,13 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path) -> None:
     single, ddp = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
     assert [r["step"] for r in ddp] == [r["step"] for r in single]
     for a, b in zip(single, ddp, strict=True):
-        for key in ("loss", "objective_gap", "accuracy", "beta"):
+        for key in ("loss", "objective_gap", "beta"):
             assert (key in a) == (key in b)
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), (a["step"], key)
+        # accuracy is a mean over each rank's rows, and the shards differ by one row (569 = 285
+        # + 284), so the average over ranks is close to, not equal to, the full-data accuracy
+        assert b["accuracy"] == pytest.approx(a["accuracy"], abs=2e-3)
     assert json.loads((tmp_path / "ddp" / "meta.json").read_text())["world_size"] == 2
 
 

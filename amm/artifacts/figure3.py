@@ -87,7 +87,9 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         finals = [fmt(chosen[m].final("objective_gap")) if m in chosen else "–" for m in METHODS]
         star = "–" if beta_star is None else f"{beta_star:g}"
         table.append(f"| {name} | " + " | ".join(finals) + f" | {star} |")
-    fig.suptitle(f"Figure 3 ({scale} scale)\nlogistic regression, lr = 1/L (Adam: 1e-3)", fontsize=10)
+    fig.suptitle(
+        f"Figure 3 ({scale} scale)\nlogistic regression, lr = 1/L (Adam: 1e-3)", fontsize=10
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "figure3.png", dpi=150)

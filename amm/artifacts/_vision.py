@@ -1,0 +1,174 @@
+"""Shared pieces of the image-classification artifacts (figure4, figure7, figure_imagenet):
+method names, setting labels, per-epoch curves from ``metrics.jsonl``, the smoke banner."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from matplotlib.axes import Axes
+from omegaconf import DictConfig
+
+from amm.artifacts import Run
+from amm.config import CONFIG_DIR
+
+STYLE = {
+    "AM-MGD": {"color": "tab:red", "lw": 1.6},
+    "MGD": {"color": "tab:blue", "ls": "--", "lw": 1.3},
+}
+METHODS = tuple(STYLE)
+STAND_IN_BANNER = (
+    "SMOKE PLUMBING CHECK: generated stand-in images, tiny model, a few steps. Not a result."
+)
+DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def method(run: Run) -> str:
+    """AM-MGD (``am_sgd``) or MGD (``sgd``; the configs give it dampening = momentum)."""
+    name = str(run.cfg.optimizer.name)
+    return {"am_sgd": "AM-MGD", "sgd": "MGD"}.get(name, name)
+
+
+def model_label(cfg: DictConfig) -> str:
+    """ "ResNet-18", "VGG-19", "WRN-40-10", ... from a run's model config."""
+    m = cfg.model
+    if "arch" in m:
+        arch = str(m.arch).removesuffix("_bn")
+        for prefix, label in (("resnet", "ResNet-"), ("vgg", "VGG-")):
+            if arch.startswith(prefix):
+                return label + arch.removeprefix(prefix)
+        return arch
+    return f"WRN-{m.depth}-{m.widen_factor}"
+
+
+def dataset_label(cfg: DictConfig) -> str:
+    """ "CIFAR-10", "ImageNet", "MNIST", ... (marked when it is a generated stand-in)."""
+    target = str(cfg.dataset._target_).rsplit(".", 1)[-1]
+    if target == "CIFARData":
+        label = DATASET_LABELS.get(str(cfg.dataset.name), str(cfg.dataset.name))
+    else:
+        label = {"ImageNetData": "ImageNet", "MNISTData": "MNIST"}.get(target, target)
+    if cfg.dataset.get("stand_in", False):
+        label += " (stand-in)"
+    return label
+
+
+def setting(run: Run) -> str:
+    """One panel row of a figure: model and data set."""
+    return f"{model_label(run.cfg)} / {dataset_label(run.cfg)}"
+
+
+def any_stand_in(runs: list[Run]) -> bool:
+    return any(bool(r.cfg.dataset.get("stand_in", False)) for r in runs)
+
+
+def group_by_setting(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs per setting, settings in sweep order."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[setting(r)].append(r)
+    return dict(groups)
+
+
+def diverged(run: Run) -> bool:
+    """The final training loss is NaN or infinite."""
+    return not math.isfinite(run.final("loss"))
+
+
+@dataclass
+class Curves:
+    """Per-epoch views of one run. x values are in epochs (1.0 = the end of the first)."""
+
+    train_x: np.ndarray  # epoch ends
+    train_loss: np.ndarray  # mean of the epoch's logged batch losses
+    eval_x: np.ndarray
+    eval_accuracy: np.ndarray  # percent
+    beta_x: np.ndarray  # every step
+    beta: np.ndarray
+    lr_x: np.ndarray
+    lr: np.ndarray
+
+
+def curves(run: Run) -> Curves:
+    """Curves of ``run``; steps -> epochs with the run's steps per epoch, which is
+    ``step / (epoch + 1)`` of the last record: exact when the run ends at the end of an epoch
+    (the experiments' ``max_steps`` are whole epochs)."""
+    records = run.metrics
+    last = records[-1]
+    steps_per_epoch = last["step"] / (last["epoch"] + 1)
+    losses: dict[int, list[float]] = defaultdict(list)
+    for r in records:
+        losses[r["epoch"]].append(r["loss"])
+    epochs = sorted(losses)
+    evals = [r for r in records if r.get("eval_accuracy") is not None]
+    beta_step, beta = run.betas()
+    return Curves(
+        train_x=np.asarray(epochs, dtype=float) + 1,
+        train_loss=np.asarray([np.mean(losses[e]) for e in epochs]),
+        eval_x=np.asarray([r["step"] for r in evals], dtype=float) / steps_per_epoch,
+        eval_accuracy=100 * np.asarray([r["eval_accuracy"] for r in evals], dtype=float),
+        beta_x=beta_step / steps_per_epoch,
+        beta=beta,
+        # a record's lr is the one of the next update (the scheduler has stepped)
+        lr_x=(np.asarray([r["step"] for r in records], dtype=float) + 1) / steps_per_epoch,
+        lr=np.asarray([r["lr"] for r in records], dtype=float),
+    )
+
+
+def epoch_means(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``y`` over each epoch (x in (e, e + 1]), plotted at the epoch's end."""
+    if not len(x):
+        return x, y
+    epoch = np.ceil(x).astype(int)
+    ends = np.unique(epoch)
+    return ends.astype(float), np.asarray([y[epoch == e].mean() for e in ends])
+
+
+def draw_beta(ax: Axes, c: Curves, color: str = "tab:red", label: str | None = None) -> None:
+    """Every step's beta (light) and its mean over each epoch (dark)."""
+    ax.plot(c.beta_x, c.beta, color=color, lw=0.4, alpha=0.35)
+    ex, ey = epoch_means(c.beta_x, c.beta)
+    ax.plot(ex, ey, color=color, lw=1.4, marker="." if len(ex) < 30 else None, label=label)
+    ax.set(ylim=(-0.05, 1.0), ylabel="β_t")
+
+
+def draw_training(axes: Any, runs: list[Run], title: str) -> None:
+    """Train loss, test accuracy and AM-MGD's beta_t vs epoch (one row of Figure 4)."""
+    ax_loss, ax_acc, ax_beta = axes
+    for r in runs:
+        c, m = curves(r), method(r)
+        ax_loss.plot(c.train_x, c.train_loss, label=m, **STYLE.get(m, {}))
+        ax_acc.plot(c.eval_x, c.eval_accuracy, label=m, **STYLE.get(m, {}))
+        if m == "AM-MGD":
+            draw_beta(ax_beta, c)
+    ax_loss.set(yscale="log", ylabel="train loss", xlabel="epoch", title=title)
+    ax_acc.set(ylabel="test accuracy (%)", xlabel="epoch", title=title)
+    ax_beta.set(xlabel="epoch", title="AM-MGD β_t")
+    ax_loss.legend(fontsize=7)
+    ax_acc.legend(fontsize=7)
+
+
+def accuracy_table_rows(setting_name: str, runs: list[Run]) -> list[str]:
+    """| setting | method | final test acc | best test acc | final train loss | rows."""
+    rows = []
+    for r in sorted(runs, key=lambda r: METHODS.index(method(r)) if method(r) in METHODS else 9):
+        c = curves(r)
+        final = f"{c.eval_accuracy[-1]:.2f}" if len(c.eval_accuracy) else "–"
+        best = f"{np.nanmax(c.eval_accuracy):.2f}" if len(c.eval_accuracy) else "–"
+        loss = "diverged" if diverged(r) else f"{c.train_loss[-1]:.4f}"
+        rows.append(f"| {setting_name} | {method(r)} | {final} | {best} | {loss} |")
+    return rows
+
+
+def experiment_config(name: str, scale: str) -> DictConfig:
+    """The composed experiment config at ``scale`` (its default values, before any sweep)."""
+    overrides = [f"experiment={name}", f"scale={scale}"]
+    if GlobalHydra.instance().is_initialized():
+        return compose("config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)

@@ -1,0 +1,72 @@
+"""Figure 4 (paper sec. 4.2): image classification, AM-MGD vs MGD.
+
+One row per setting (model / data set): train loss (mean over each epoch's logged batches, log
+scale), test accuracy and AM-MGD's beta_t vs epoch. Writes figure4.png|pdf, figure4_beta.png|pdf
+(the appendix plot of the beta behaviour: every step's beta_t, its epoch mean and the learning
+rate, one panel per setting) and table.md (final and best test accuracy, final train loss).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from amm.artifacts import load_runs
+from amm.artifacts._vision import (
+    STAND_IN_BANNER,
+    accuracy_table_rows,
+    any_stand_in,
+    curves,
+    draw_beta,
+    draw_training,
+    group_by_setting,
+    method,
+)
+
+
+def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
+    runs = load_runs(run_dirs)
+    groups = group_by_setting(runs)
+    banner = f"\n{STAND_IN_BANNER}" if any_stand_in(runs) else ""
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    fig = Figure(figsize=(13, 3.2 * len(groups) + 0.6), layout="constrained")
+    axes = fig.subplots(len(groups), 3, squeeze=False)
+    for row, (name, group) in zip(axes, groups.items()):
+        draw_training(row, group, name)
+    fig.suptitle(f"Figure 4 ({scale} scale): AM-MGD vs MGD (dampening 0.9){banner}", fontsize=10)
+    fig.savefig(out_dir / "figure4.png", dpi=130)
+    fig.savefig(out_dir / "figure4.pdf")
+
+    # Appendix: the behaviour of beta_t against the learning-rate schedule.
+    fig = Figure(figsize=(6.5, 2.6 * len(groups) + 0.6), layout="constrained")
+    axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
+    for ax, (name, group) in zip(axes, groups.items()):
+        for r in group:
+            if method(r) != "AM-MGD":
+                continue
+            c = curves(r)
+            draw_beta(ax, c, label="β_t (epoch mean)")
+            ax_lr = ax.twinx()
+            ax_lr.plot(c.lr_x, c.lr, color="gray", ls=":", label="learning rate")
+            ax_lr.set(ylabel="learning rate")
+        ax.set(title=name, xlabel="epoch")
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"AM-MGD β_t per step and epoch mean ({scale} scale){banner}", fontsize=10)
+    fig.savefig(out_dir / "figure4_beta.png", dpi=130)
+    fig.savefig(out_dir / "figure4_beta.pdf")
+
+    table = [
+        f"# Figure 4 ({scale} scale): AM-MGD vs MGD",
+        "",
+        *([f"**{STAND_IN_BANNER}**", ""] if banner else []),
+        "Test accuracy (%) at the end and the best over the per-epoch evaluations; train loss:",
+        "mean of the last epoch's logged batch losses.",
+        "",
+        "| setting | method | final test acc | best test acc | final train loss |",
+        "|---|---|---|---|---|",
+    ]
+    for name, group in groups.items():
+        table += accuracy_table_rows(name, group)
+    (out_dir / "table.md").write_text("\n".join(table) + "\n")
