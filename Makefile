@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/libsvm),)
 export AMM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help venv demo test lint bench-optim clean
+.PHONY: help venv demo test lint bench-optim sweep clean
 .DEFAULT_GOAL := help
 
 help:
@@ -21,6 +21,7 @@ help:
 	@echo "make test                 the test suite"
 	@echo "make lint                 ruff check + ruff format --check"
 	@echo "make figure3 SCALE=...    reproduce an artifact (smoke | reduced | paper)"
+	@echo "make sweep EXP=figure4 SCALE=paper CLUSTER=slurm   the same, the jobs on SLURM"
 	@echo "make bench-optim          optimizer step benchmark"
 	@echo "make clean                remove runs/ and caches (keeps results/ and .venv)"
 
@@ -52,6 +53,18 @@ figure%: $(STAMP)
 	$(REPRODUCE)
 table%: $(STAMP)
 	$(REPRODUCE)
+
+# An artifact's sweep on a cluster (README "Running on a cluster"): each sweep block as one SLURM
+# job array through configs/hydra/launcher/$(CLUSTER).yaml, then the artifact once all finished.
+# ARGS: more Hydra overrides, e.g. ARGS="hydra.launcher.partition=gpu hydra.launcher.account=me".
+CLUSTER ?= slurm
+ifneq ($(filter sweep,$(MAKECMDGOALS)),)
+ifndef EXP
+$(error usage: make sweep EXP=<artifact> [SCALE=smoke|reduced|paper] [CLUSTER=slurm] [ARGS=...])
+endif
+endif
+sweep: $(STAMP)
+	$(PY) -m amm.reproduce $(EXP) --scale $(SCALE) hydra/launcher=$(CLUSTER) $(ARGS)
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache .ruff_cache

@@ -1,13 +1,17 @@
 """Reproduce one paper artifact: run its sweep, then draw it.
 
-    python -m amm.reproduce figure3 --scale smoke|reduced|paper [--dry-run] [overrides...]
+    python -m amm.reproduce figure3 --scale smoke|reduced|paper [--dry-run|--collect] [overrides...]
 
 1. Composes ``experiment=<artifact> scale=<scale>`` and reads its ``sweep.<scale>`` blocks.
 2. Runs each block as one Hydra multirun, in a subprocess:
    ``python -m amm.run -m experiment=<artifact> scale=<scale> <block overrides> <overrides>``
    (printed and recorded). Blocks whose runs have all finished are not launched again, and
    pre-empted runs resume from their checkpoints, so the same command can simply be re-run. Extra overrides go to every block, e.g.
-   ``hydra/launcher=submitit_slurm`` to run the jobs on a cluster.
+   ``hydra/launcher=slurm`` (configs/hydra/launcher/) to run the jobs on a cluster: then every
+   block is started at once (each sends one job array and waits for it), so all arrays queue
+   together. ``--collect`` launches nothing: it makes the artifact from the runs on disk, e.g.
+   when the jobs were sent from a login session that has ended (re-sending them while they are
+   still queued or running would start a second job in the same run directories).
 3. Calls ``amm.artifacts.<artifact>.make(run_dirs, out_dir, scale)`` with the run directories of
    exactly these jobs, and writes ``commands.txt`` and ``provenance.json`` next to the outputs
    in ``results/<artifact>/<scale>/`` (or ``--out-dir``).
@@ -62,6 +66,11 @@ def sweep_blocks(artifact: str, scale: str) -> list[list[str]]:
     return [[f"{k}={override_value(v)}" for k, v in block.items()] for block in blocks]
 
 
+def uses_cluster(overrides: list[str]) -> bool:
+    """Whether the overrides pick a launcher other than Hydra's basic one (jobs run elsewhere)."""
+    return any(o.startswith("hydra/launcher=") and o != "hydra/launcher=basic" for o in overrides)
+
+
 def expand_jobs(overrides: list[str]) -> list[list[str]]:
     """The jobs of a multirun, each a list of plain overrides, as Hydra's basic sweeper makes them."""
     parsed = OverridesParser.create().parse_overrides(overrides)
@@ -87,6 +96,7 @@ def reproduce(
     overrides: list[str],
     out_dir: Path | None = None,
     dry_run: bool = False,
+    collect: bool = False,
 ) -> Path | None:
     """Run the artifact's sweep at ``scale`` and make the artifact; returns its folder."""
     if artifact not in available():
@@ -98,6 +108,7 @@ def reproduce(
     out_dir = out_dir or Path("results") / artifact / scale
     commands: list[str] = []
     run_dirs: list[Path] = []
+    launched: list[tuple[str, subprocess.Popen[bytes]]] = []  # cluster blocks, run at once
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for block in sweep_blocks(artifact, scale):
             job = [f"experiment={artifact}", f"scale={scale}", *block, *overrides]
@@ -108,12 +119,23 @@ def reproduce(
             run_dirs += dirs
             if all((d / "summary.json").exists() for d in dirs):
                 print(f"  all {len(dirs)} runs finished already")
-            elif not dry_run:
+            elif uses_cluster(overrides) and not (dry_run or collect):
+                launched.append((commands[-1], subprocess.Popen(cmd)))
+            elif not (dry_run or collect):
                 subprocess.run(cmd, check=True)
+    failed = [command for command, proc in launched if proc.wait() != 0]
     if dry_run:
         print("\n".join(f"  {d}" for d in run_dirs))
         return None
 
+    missing = [d for d in run_dirs if not (d / "summary.json").exists()]
+    if failed or missing:
+        raise SystemExit(
+            f"{len(missing)} of {len(run_dirs)} runs have no summary.json (failed, or still "
+            "queued/running: see `squeue --me` and each run directory's .submitit logs), e.g.\n  "
+            + "\n  ".join(map(str, missing[:5]))
+            + "".join(f"\nfailed: {c}" for c in failed)
+        )
     importlib.import_module(f"amm.artifacts.{artifact}").make(run_dirs, out_dir, scale)
     (out_dir / "commands.txt").write_text("\n".join(commands) + "\n")
     record = {**provenance(shlex.join(reproduce_cmd)), "commands": commands}
@@ -130,10 +152,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("artifact", help=f"one of: {', '.join(available())}")
     parser.add_argument("--scale", choices=SCALES, default="smoke")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="launch nothing: make the artifact from the finished runs on disk",
+    )
     parser.add_argument("--out-dir", type=Path, help="default: results/<artifact>/<scale>")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_intermixed_args(argv)
-    reproduce(args.artifact, args.scale, args.overrides, args.out_dir, args.dry_run)
+    reproduce(args.artifact, args.scale, args.overrides, args.out_dir, args.dry_run, args.collect)
 
 
 if __name__ == "__main__":

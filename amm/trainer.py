@@ -17,9 +17,14 @@ Pre-emption: SIGTERM or SIGUSR2 sets a flag; at the next step boundary (the next
 DDP, where the ranks agree) the run saves its checkpoint and exits with 128 + signal number, so
 a scheduler requeues it; the same command then resumes from the checkpoint in the same directory.
 
-Distributed: under ``torchrun`` (WORLD_SIZE > 1) each rank trains on its shard of every batch
-(``data.train_batches(epoch, rank, world_size)``) with DDP; logged losses are averaged over ranks;
-rank 0 alone writes files, evaluates, and talks to W&B.
+Distributed: under ``torchrun`` (WORLD_SIZE > 1), or in a multi-task job of the submitit
+launcher, each rank trains on its shard of every batch (``data.train_batches(epoch, rank,
+world_size)``) with DDP, or with FSDP2 (``trainer.distributed=fsdp``, see ``amm.distributed``:
+parameters, gradients and optimizer state sharded; checkpoints in the DCP format, which loads on
+any world size); logged losses are averaged over ranks; rank 0 alone writes files and talks to
+W&B, and evaluates (under FSDP every rank runs the evaluation forward, which gathers parameters).
+A stop signal is passed on, after the checkpoint, to the handler installed before the trainer's:
+under the submitit launcher that handler requeues the job (SIGUSR2: time limit near).
 """
 
 from __future__ import annotations
@@ -46,12 +51,28 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from amm.distributed import (
+    DISTRIBUTED,
+    export_slurm_ranks,
+    load_sharded,
+    prune_sharded,
+    save_sharded,
+    shard_model,
+)
 from amm.optim import build_optimizer
 from amm.provenance import provenance
 from amm.tracking import MetricsFile, WandbLogger
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+# recorded in meta.json: which SLURM job (array task) ran the run, where, after how many requeues
+SLURM_META = (
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_JOB_NODELIST",
+    "SLURM_RESTART_COUNT",
+)
 
 
 def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[str, Any]:
@@ -75,6 +96,12 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
     fstar = info.get("fstar")
     dtype = getattr(torch, tcfg.dtype) if tcfg.dtype else None
     raw_model: nn.Module = instantiate(cfg.model, info=info).to(device=device, dtype=dtype)
+    if tcfg.distributed not in DISTRIBUTED:
+        raise ValueError(f"trainer.distributed={tcfg.distributed!r}; use one of {DISTRIBUTED}")
+    dcp_format = tcfg.distributed == "fsdp"  # checkpoint format, whatever the world size
+    fsdp = dcp_format and world_size > 1
+    if fsdp:
+        shard_model(raw_model)  # before the optimizer, which must hold the sharded parameters
     optimizer = build_optimizer(
         raw_model, **OmegaConf.to_container(cfg.optimizer, resolve=True), info=info
     )
@@ -82,7 +109,7 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
         optimizer, lr_factor(tcfg.scheduler, int(tcfg.max_steps))
     )
     model = torch.compile(raw_model) if tcfg.compile else raw_model
-    if world_size > 1:
+    if world_size > 1 and not fsdp:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     beta_stats: Callable[[], dict[str, Tensor]] = getattr(optimizer, "beta_stats", dict)
     autocast = autocast_context(tcfg.precision, device)
@@ -94,8 +121,11 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
     if ckpt_path.exists():
         # weights_only=False: the file holds RNG states (numpy arrays, tuples); we wrote it.
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if "sharded" in ckpt:  # a DCP directory, written at any world size
+            load_sharded(raw_model, optimizer, ckpt_path.parent / ckpt["sharded"])
+        else:
+            raw_model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         step, epoch, batch_idx = ckpt["step"], ckpt["epoch"], ckpt["batch_idx"]
@@ -129,10 +159,14 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
             wandb_run.log(record, step=record["step"])
 
     def checkpoint() -> None:
+        # DCP: every rank writes its shards; last.pt then names the directory
+        sharded = save_sharded(raw_model, optimizer, ckpt_path.parent, step) if dcp_format else None
         if is_main:
-            state = {
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+            if sharded:
+                state: dict[str, Any] = {"sharded": sharded}
+            else:
+                state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict()}
+            state |= {
                 "scheduler": scheduler.state_dict(),
                 "rng": get_rng_state(),
                 "step": step,
@@ -144,6 +178,8 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
                 "pending": [{k: v.item() for k, v in d.items()} for d in pending],
             }
             save_atomic(state, ckpt_path)
+            if sharded:
+                prune_sharded(ckpt_path.parent, keep=sharded)
         if world_size > 1:
             dist.barrier()
 
@@ -172,7 +208,7 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
                 record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **record}
                 if fstar is not None:
                     record["objective_gap"] = record["loss"] - fstar
-                if do_eval and is_main:
+                if do_eval and (is_main or fsdp):
                     record.update(evaluate(raw_model, data, device, dtype, autocast))
                 record["time_s"] = elapsed + time.perf_counter() - t0
                 if is_main:
@@ -191,6 +227,7 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
                     metrics_file.close()
                 if wandb_run is not None:
                     wandb_run.finish(exit_code=128 + signum)
+                stop.pass_on(signum)  # under submitit: requeue the job (and exit)
                 raise SystemExit(128 + signum)  # non-zero, so a scheduler requeues the job
     bar.close()
 
@@ -217,6 +254,7 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     """(rank, world_size, device); initialises the process group under torchrun."""
+    export_slurm_ranks()  # a multi-task job of the submitit launcher: one rank per task
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -276,6 +314,7 @@ def write_meta(
         "world_size": world_size,
         "device": str(device),
         "resumed_from_step": resumed_from,
+        "slurm": {k: os.environ[k] for k in SLURM_META if k in os.environ},
         "wandb_id": old.get("wandb_id") or secrets.token_hex(4),
     }
     path.write_text(json.dumps(meta, indent=2))
@@ -467,6 +506,16 @@ class StopFlag:
             flag = flag.cuda()
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         self._agreed = int(flag.item())
+
+    def pass_on(self, signum: int) -> None:
+        """Call the handler that was installed before ours, if it is a Python function.
+
+        Under the submitit launcher that is submitit's: on SIGUSR2 (the time limit is near) it
+        requeues the job, which then resumes from the checkpoint just written, and exits.
+        """
+        old = self._old.get(signum)
+        if callable(old):
+            old(signum, None)
 
     def agreed(self, world_size: int) -> int:
         """The signal to stop for now (0: go on)."""

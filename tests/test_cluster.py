@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from suite_helpers import REPO_ROOT, compose_config, metrics, run_amm, subprocess_env
+from suite_helpers import REPO_ROOT, compose_config, metrics, subprocess_env
 
 from amm.reproduce import main as reproduce_main
 from amm.reproduce import uses_cluster
@@ -139,10 +139,10 @@ def test_fsdp_two_ranks_equal_one_and_the_checkpoint_resumes_on_one(tmp_path: Pa
     args = [*BREAST_CANCER, "trainer.max_steps=100", "trainer.checkpoint_every=5"]
     single = reference_run(tmp_path, args)
     run_dir = tmp_path / "fsdp"
-    fsdp = [*args, "trainer.distributed=fsdp", f"hydra.run.dir={run_dir}"]
+    fsdp = [*args, "trainer.distributed=fsdp", "trainer.progress=false"]
     env = subprocess_env(tmp_path, OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd = [*torchrun, "-m", "amm.run", "trainer.progress=false", *fsdp]
+    cmd = [*torchrun, "-m", "amm.run", *fsdp, f"hydra.run.dir={run_dir}"]
     proc, log = start(cmd, tmp_path, env)
     wait_for(lambda: checkpoint_step(run_dir) >= 10, 180, "a checkpoint", proc, log)
     proc.send_signal(signal.SIGTERM)  # torchrun passes it to the workers, which checkpoint
@@ -154,7 +154,7 @@ def test_fsdp_two_ranks_equal_one_and_the_checkpoint_resumes_on_one(tmp_path: Pa
     )
     assert meta(run_dir)["world_size"] == 2
 
-    run_amm(*fsdp, cwd=tmp_path, env=env)  # world size 1: loads the sharded checkpoint
+    train(compose_config(fsdp), run_dir)  # here: world size 1, loads the sharded checkpoint
     assert meta(run_dir)["world_size"] == 1
     assert meta(run_dir)["resumed_from_step"] == ckpt["step"]
     assert_close_to(single, metrics(run_dir))

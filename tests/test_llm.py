@@ -5,6 +5,7 @@ of Figure 5, the LLM table and Table 2."""
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import math
 import subprocess
@@ -15,14 +16,18 @@ from pathlib import Path
 import pytest
 import sentencepiece
 import torch
+from hydra import initialize_config_dir
 from hydra.utils import instantiate
 from suite_helpers import compose_config, metrics, subprocess_env
 from transformers import PreTrainedTokenizerBase
 
+from amm.artifacts import load_runs
+from amm.config import CONFIG_DIR
 from amm.data.c4 import C4Data, load_tokenizer
 from amm.data.libsvm import DataNotFoundError
 from amm.models.llama import LlamaLM
 from amm.optim import build_optimizer
+from amm.reproduce import expand_jobs, sweep_blocks
 from amm.trainer import batch_stream, train
 
 VOCAB = 32000
@@ -333,3 +338,32 @@ def test_figure5_then_table_llm_and_table2_from_its_runs(
         t_adamw, t_am = float(r[2]), float(r[3])
         assert t_adamw > 0 and t_am > 0
         assert math.isclose(float(r[4]), 100 * (t_am / t_adamw - 1), abs_tol=0.1)
+
+
+@pytest.mark.parametrize("artifact", ["table5", "table6"])
+def test_table5_and_table6_from_their_smoke_jobs(
+    artifact: str, tmp_path: Path, data_dir_env: Path
+) -> None:
+    """Each job of the smoke sweep (shortened to 3 steps) trains; the table names every method."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        blocks = sweep_blocks(artifact, "smoke")
+    base = [f"experiment={artifact}", "scale=smoke"]
+    jobs = [job for b in blocks for job in expand_jobs([*base, *b])]
+    run_dirs = []
+    for i, job in enumerate(jobs):
+        overrides = [*job, "trainer.max_steps=3", "trainer.progress=false", "logger=none"]
+        train(compose_config(overrides), tmp_path / f"run{i}")
+        run_dirs.append(tmp_path / f"run{i}")
+    importlib.import_module(f"amm.artifacts.{artifact}").make(run_dirs, tmp_path, "smoke")
+    table = (tmp_path / f"{artifact}.md").read_text()
+    if artifact == "table5":  # 2 scopes x 2 schedules, one cell each
+        rows = {r.split("|")[1].strip(): r.split("|")[2:-1] for r in table.splitlines()[4:6]}
+        assert set(rows) == {"Shared (global β)", "Per-layer (β per tensor)"}
+        assert all(len(cells) == 2 and "–" not in "".join(cells) for cells in rows.values())
+    else:
+        names = ["AdamW", "AM-AdamW", "AM-AdamW (Clip, β≥0.5)", "AM-AdamW (Restart, β<0.5)"]
+        for name in names:
+            row = next(r for r in table.splitlines() if r.startswith(f"| {name} |"))
+            assert math.isfinite(float(row.split("|")[2]))
+        (clip,) = [r for r in load_runs(run_dirs) if r.cfg.optimizer.beta_min == 0.5]
+        assert len(clip.betas()[1]) == 2 and min(clip.betas()[1]) >= 0.5 - 1e-6

@@ -126,7 +126,7 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     }
     subs = [s for s in SUBFIGURES if any(len(p[s].get("AM-MGD", {})) >= 2 for p in panels.values())]
 
-    fig = Figure(figsize=(4.3 * len(subs), 3.3 * len(groups) + 0.7), layout="constrained")
+    fig = Figure(figsize=(max(4.3 * len(subs), 7), 3.3 * len(groups) + 0.7), layout="constrained")
     axes = fig.subplots(len(groups), len(subs), squeeze=False)
     table = [
         f"# Figure 7 ({scale} scale): final test accuracy (%), no learning-rate schedule",
@@ -134,8 +134,9 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         *([f"**{STAND_IN_BANNER}**", ""] if banner else []),
         f"Defaults (the value of the two parameters not swept): lr {defaults['lr']:g}, "
         f"λ {defaults['lam']:g}, batch size {defaults['batch']:g}. MGD: torch SGD, momentum",
-        "0.9, dampening 0.9. Train loss: mean of the last epoch's logged batch losses;",
-        "'diverged': the final train loss is NaN or infinite.",
+        "0.9, dampening 0.9. Accuracy on the eval data (CIFAR: test set; MNIST: the held-out",
+        "validation images) after the last step. Train loss: mean of the last epoch's logged",
+        "batch losses; 'diverged': the final train loss is NaN or infinite.",
     ]
     for row, (name, per_sub) in zip(axes, panels.items()):
         for ax, sub in zip(row, subs):
@@ -166,10 +167,8 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
                 if m == "AM-MGD":
                     draw_beta(ax_beta, c, color=colour, label=label)
         ax_loss.set(yscale="log", xlabel="epoch", ylabel="train loss", title=name)
-        ax_acc.set(
-            xlabel="epoch", ylabel="test accuracy (%)", title=f"{name}: AM-MGD solid, MGD dashed"
-        )
-        ax_beta.set(xlabel="epoch", title=f"{name}: AM-MGD β_t (epoch mean dark)")
+        ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="AM-MGD solid, MGD dashed")
+        ax_beta.set(xlabel="epoch", title="AM-MGD β_t (dark: epoch mean)")
         ax_acc.legend(fontsize=6, ncol=2)
         ax_beta.legend(fontsize=6, ncol=2)
     fig.suptitle(f"Figure 7c curves, app. F.2 ({scale} scale){banner}", fontsize=10)
