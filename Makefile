@@ -47,8 +47,8 @@ bench-optim: $(STAMP)
 	$(PY) scripts/bench_optim.py
 
 # Artifacts: `make figure1`, `make table2`, ... run configs/experiment/<name>.yaml and
-# amm/artifacts/<name>.py at $(SCALE), writing results/<name>/$(SCALE)/.
-REPRODUCE = $(PY) -m amm.reproduce $@ --scale $(SCALE)
+# amm/artifacts/<name>.py at $(SCALE), writing results/<name>/$(SCALE)/. ARGS: more overrides.
+REPRODUCE = $(PY) -m amm.reproduce $@ --scale $(SCALE) $(ARGS)
 figure%: $(STAMP)
 	$(REPRODUCE)
 table%: $(STAMP)

@@ -43,8 +43,9 @@ def export_slurm_ranks() -> None:
         return
     from submitit.helpers import TorchDistributedEnvironment
 
-    # the trainer picks cuda:LOCAL_RANK itself, so leave CUDA_VISIBLE_DEVICES as SLURM set it
-    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    # the trainer picks cuda:LOCAL_RANK itself, so CUDA_VISIBLE_DEVICES stays as SLURM set it;
+    # overwrite: a MASTER_PORT set by the user is kept (submitit reads it), the rest is the job's
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
 def shard_model(model: nn.Module) -> nn.Module:

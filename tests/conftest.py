@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,3 +18,19 @@ def shared_data() -> Path:
     if not (path / "libsvm").is_dir():
         pytest.skip(f"shared data folder not found at {path} (expected {path / 'libsvm'})")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_data_dir_by_default() -> Iterator[None]:
+    """Set ``AMM_DATA_DIR`` to the shared folder when unset, as ``make test`` does (Makefile).
+
+    Experiments whose smoke runs read real files (the C4 sample) then also run under a plain
+    ``pytest``; an explicitly set ``AMM_DATA_DIR`` is left alone.
+    """
+    path = (REPO_ROOT.parent / "shared" / "data").resolve()
+    if os.environ.get("AMM_DATA_DIR") or not (path / "libsvm").is_dir():
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AMM_DATA_DIR", str(path))
+        yield

@@ -185,6 +185,8 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         ax_train.legend(fontsize=7)
         ax_eval.legend(fontsize=7)
         ax_beta.set(title="AM-AdamW β_t", xlabel="step", ylabel="β_t", ylim=(-0.05, 1.0))
+        if ax_beta.lines:
+            ax_beta.legend(fontsize=7)
     cfg = runs[0].cfg
     fig.suptitle(
         f"Figure 5 ({scale} scale): C4, lr {cfg.optimizer.lr:g}, batch "

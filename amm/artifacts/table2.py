@@ -61,12 +61,12 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
                 f"{100 * (t_am / t_adamw - 1):+.1f} | {ratio} | {steps} | "
                 f"{num(final_train_loss(adamw))} |"
             )
-    machine = runs[0].dir / "meta.json"
     lines += [
         "",
-        f"Times: median over the logged intervals of each run's wall clock ({machine.name} of "
-        "each run names the machine). Runs of one table ran one after the other, so on a shared "
-        "machine the overhead column also measures changes in load.",
+        "Times: median seconds per update of each run's wall clock (`time_s`), evaluation "
+        "intervals left out; the machine is in each run's meta.json. The runs ran one after "
+        "another, so on a shared machine the overhead column also measures how the load changed "
+        "between runs: it measures the optimizer only on a quiet machine.",
         f"Warmup regimes: {sorted({warmup(r) for r in runs}, reverse=True)} warmup steps.",
     ]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from amm.artifacts.figure5 import by_size, method, num, perplexity, regime, warm
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     runs = load_runs(run_dirs)
     # columns: with warmup first, then without; AdamW before AM-AdamW
-    keys = sorted({(-warmup(r), method(r), regime(r)) for r in runs})
-    columns = [(m, reg) for _, m, reg in keys]
+    keys = {(-warmup(r), r.cfg.optimizer.name != "adamw", method(r), regime(r)) for r in runs}
+    columns = [(m, reg) for *_, m, reg in sorted(keys)]
     lines = [
         f"# LLaMA on C4 ({scale} scale): final evaluation perplexity (evaluation loss)",
         "",
@@ -37,7 +37,8 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     lines += [
         "",
         f"{runs[0].summary.get('step')} steps of {cfg.dataset.batch_size} x {cfg.dataset.seq_len} "
-        f"tokens, lr {cfg.optimizer.lr:g}, cosine schedule; evaluation on the held-out tokens of "
+        f"tokens, lr {cfg.optimizer.lr:g}, cosine schedule; evaluation on the first "
+        f"{cfg.dataset.eval_tokens} held-out tokens of "
         f"{cfg.dataset.data_files or 'the C4 validation split'}.",
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
