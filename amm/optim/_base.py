@@ -54,19 +54,9 @@ class StepTensors:
     grads: list[Tensor] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
     group_ids: list[int] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-    # ||grad|| per tensor, when the non-finite check computed it (AM-SGD reuses it as ||g||)
-    grad_norms: list[Tensor] | None = None
-
-    def select(self, idx: list[int]) -> StepTensors:
-        return StepTensors(
-            [self.params[i] for i in idx],
-            [self.grads[i] for i in idx],
-            [self.states[i] for i in idx],
-            [self.group_ids[i] for i in idx],
-            [self.names[i] for i in idx],
-            None if self.grad_norms is None else [self.grad_norms[i] for i in idx],
-        )
+    where: list[tuple[int, int]] = field(default_factory=list)  # (group, index): error messages
+    # ||grad||^2 per tensor, when the non-finite check computed it (AM-SGD reuses it)
+    grad_sq: Tensor | None = None
 
 
 def check_common_hparams(group: dict[str, Any], owner: str) -> None:
@@ -92,6 +82,15 @@ def check_common_hparams(group: dict[str, Any], owner: str) -> None:
     fb = group["frozen_beta"]
     if fb is not None and not 0.0 <= fb <= 1.0:
         raise bad("frozen_beta", "must be None or in [0, 1]")
+
+
+def squared_norms(tensors: list[Tensor]) -> Tensor:
+    """||t||^2 per tensor, in fp32 (fp64 for fp64 tensors): one read of each tensor."""
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    if all(t.dtype in (torch.float32, torch.float64) for t in tensors):
+        # a BLAS dot reads the tensor once and is faster than a norm kernel on the CPU
+        return torch.stack([torch.dot(t.reshape(-1), t.reshape(-1)).to(dtype) for t in tensors])
+    return torch.stack(torch._foreach_norm(tensors, dtype=dtype)).to(dtype).square()
 
 
 def small_tensor(values: list[Any], device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -247,12 +246,11 @@ class AdaptiveMemoryOptimizer(Optimizer):
     def _gather(self) -> StepTensors:
         ts = StepTensors()
         for gi, group in enumerate(self.param_groups):
-            names = group.get("param_names")
             for pi, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
                 if p.grad.is_sparse:
+                    name = self._param_name(gi, pi)
                     raise RuntimeError(
                         f"{type(self).__name__} does not support sparse gradients "
                         f"(parameter {name}); use dense gradients, e.g. nn.Embedding(sparse=False)"
@@ -264,8 +262,14 @@ class AdaptiveMemoryOptimizer(Optimizer):
                 ts.grads.append(_local(p.grad))
                 ts.states.append(state)
                 ts.group_ids.append(gi)
-                ts.names.append(f"{name} (shape {list(p.shape)})")
+                ts.where.append((gi, pi))
         return ts
+
+    def _param_name(self, gi: int, pi: int) -> str:
+        group = self.param_groups[gi]
+        names = group.get("param_names")
+        name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
+        return f"{name} (shape {list(group['params'][pi].shape)})"
 
     def _use_foreach(self, ts: StepTensors) -> bool:
         if self.foreach is not None:
@@ -288,9 +292,8 @@ class AdaptiveMemoryOptimizer(Optimizer):
 
     def _grads_finite(self, ts: StepTensors, reduce_group: Any) -> bool:
         """One boolean read on the host; raises or tells the caller to skip the step."""
-        norms = torch._foreach_norm(ts.grads, dtype=sum_dtype(ts.grads[0]))
-        ts.grad_norms = list(norms)
-        bad = ~torch.isfinite(torch.stack(norms))
+        ts.grad_sq = squared_norms(ts.grads)
+        bad = ~torch.isfinite(ts.grad_sq)
         any_bad = bad.any().float()
         if reduce_group is not None:
             dist.all_reduce(any_bad, group=reduce_group)
@@ -298,7 +301,7 @@ class AdaptiveMemoryOptimizer(Optimizer):
             return True
         if self.nonfinite == "skip":
             return False
-        local = [ts.names[i] for i in torch.nonzero(bad).flatten().tolist()]
+        local = [self._param_name(*ts.where[i]) for i in torch.nonzero(bad).flatten().tolist()]
         where = ", ".join(local) if local else "a parameter shard on another rank"
         raise NonFiniteGradientError(
             f"{type(self).__name__}: non-finite gradient in {where}; the step was not applied. "

@@ -9,6 +9,7 @@ coupled (added to the gradient, i.e. part of the modelled function), as in torch
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from amm.optim._base import (
     _local,
     beta_vector,
     per_tensor,
+    squared_norms,
     sum_dtype,
 )
 
@@ -56,21 +58,23 @@ def gap_and_cross(g_sq: Tensor, g_dot_d: Tensor, d_sq: Tensor, lam: float) -> tu
 
 
 def _multi_tensor_am_sgd_sums(
-    grads: list[Tensor], bufs: list[Tensor], lam: float, grad_norms: list[Tensor] | None = None
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    lam: float,
+    g_sq: Tensor | None = None,
+    d_sq: Tensor | None = None,
 ) -> Tensor:
-    """foreach: two norms and one dot per tensor, reading g and d without temporaries
-    (||g|| comes from the non-finite check when it ran)."""
+    """foreach: ||g||^2, ||d||^2 and <g, d> per tensor, reading g and d without temporaries.
+    The squared norms can be passed in (the optimizer knows them: see AMSGD._sums)."""
     dtype = _common_sum_dtype(grads)
-    if grad_norms is None:
-        grad_norms = torch._foreach_norm(grads, dtype=dtype)
-    g_sq = torch.stack(grad_norms).to(dtype).square()
-    d_sq = torch.stack(torch._foreach_norm(bufs, dtype=dtype)).square()
+    g_sq = squared_norms(grads) if g_sq is None else g_sq
+    d_sq = squared_norms(bufs) if d_sq is None else d_sq
     if any(g.dtype != dtype for g in grads):  # bf16/fp16: the dot in fp32
         g_dot_d = torch.stack([_dot(g.to(dtype), d.to(dtype)) for g, d in zip(grads, bufs)])
     else:
         g_dot_d = torch.stack([_dot(g, d) for g, d in zip(grads, bufs)])
     gap_sq, cross = gap_and_cross(g_sq, g_dot_d, d_sq, lam)
-    return torch.stack([cross, gap_sq, g_dot_d, torch.zeros_like(cross)], dim=1)
+    return torch.stack([cross, gap_sq, g_dot_d, g_sq, d_sq], dim=1)
 
 
 def am_sgd_sums(
@@ -79,11 +83,14 @@ def am_sgd_sums(
     *,
     lam: float,
     foreach: bool,
-    grad_norms: list[Tensor] | None = None,
+    g_sq: Tensor | None = None,
+    d_sq: Tensor | None = None,
 ) -> Tensor:
-    """Per-tensor sums [<g + lam d, g - d>, ||g - d||^2, <g, d>, 0] (fp32, fp64 for fp64)."""
+    """Per-tensor rows [<g + lam d, g - d>, ||g - d||^2, <g, d>, ...] (fp32, fp64 for fp64).
+    foreach adds ||g||^2 and ||d||^2 as columns 3 and 4 (AM-SGD advances ||d||^2 with them);
+    the single-tensor reference has a zero column 3 (AM-SGD's decay is coupled: no <g, x>)."""
     if foreach:
-        return _multi_tensor_am_sgd_sums(grads, bufs, lam, grad_norms)
+        return _multi_tensor_am_sgd_sums(grads, bufs, lam, g_sq, d_sq)
     return _single_tensor_am_sgd_sums(grads, bufs, lam)
 
 
@@ -162,28 +169,45 @@ class AMSGD(AdaptiveMemoryOptimizer):
     def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0)
         state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        # ||d||^2, advanced algebraically from the last step's sums (saves a pass over d);
+        # recomputed whenever it is not known ("momentum_sq_known" False)
+        state["momentum_sq"] = torch.zeros((), dtype=sum_dtype(param), device=param.device)
+        state["momentum_sq_known"] = False
 
     def _has_history(self, state: dict[str, Any]) -> bool:
         return state["step"].item() > 0  # a CPU tensor: no device sync
 
-    def _prepare(self, ts: StepTensors, foreach: bool) -> list[Tensor]:
-        """Effective gradients g = grad + wd * x (coupled weight decay)."""
+    def _prepare(self, ts: StepTensors, foreach: bool) -> _Prepared:
+        """Effective gradients g = grad + wd * x (coupled weight decay), and ||g||^2 if known."""
         grads = list(ts.grads)
+        decayed = False
         for i, (p, g, gid) in enumerate(zip(ts.params, ts.grads, ts.group_ids)):
             wd = self.param_groups[gid]["weight_decay"]
             if wd != 0:
                 grads[i] = g.add(p, alpha=wd)
-        return grads
+                decayed = True
+        return _Prepared(grads, None if decayed else ts.grad_sq)
 
-    def _sums(self, ts: StepTensors, grads: list[Tensor], idx: list[int], foreach: bool) -> Tensor:
+    def _sums(self, ts: StepTensors, prep: _Prepared, idx: list[int], foreach: bool) -> Tensor:
         lam = self.param_groups[ts.group_ids[idx[0]]]["lam"]
         lams = {self.param_groups[ts.group_ids[i]]["lam"] for i in idx}
+        grads = prep.grads
         g = [grads[i] for i in idx]
         d = [_local(ts.states[i]["momentum_buffer"]) for i in idx]
-        decayed = any(self.param_groups[ts.group_ids[i]]["weight_decay"] for i in idx)
-        norms = None if ts.grad_norms is None or decayed else [ts.grad_norms[i] for i in idx]
+        if foreach and len(lams) == 1:
+            every = len(idx) == len(grads)
+            g_sq = None
+            if prep.grad_sq is not None:
+                g_sq = prep.grad_sq if every else torch.stack([prep.grad_sq[i] for i in idx])
+            states = [ts.states[i] for i in idx]
+            d_sq = None
+            if all(st.get("momentum_sq_known", False) for st in states):
+                d_sq = torch.stack([st["momentum_sq"] for st in states])
+            rows = am_sgd_sums(g, d, lam=lam, foreach=True, g_sq=g_sq, d_sq=d_sq)
+            prep.sums = (idx, rows)
+            return rows
         if len(lams) == 1:
-            return am_sgd_sums(g, d, lam=lam, foreach=foreach, grad_norms=norms)
+            return am_sgd_sums(g, d, lam=lam, foreach=foreach)
         # per-group/per-tensor scopes may mix lam values: sums per tensor with its own lam
         return torch.cat(
             [
@@ -195,9 +219,10 @@ class AMSGD(AdaptiveMemoryOptimizer):
         )
 
     def _update(
-        self, ts: StepTensors, grads: list[Tensor], beta: list[Tensor | float | None], foreach: bool
+        self, ts: StepTensors, prep: _Prepared, beta: list[Tensor | float | None], foreach: bool
     ) -> None:
         groups = self.param_groups
+        grads = prep.grads
         bufs = [_local(st["momentum_buffer"]) for st in ts.states]
         first = [i for i, b in enumerate(beta) if b is None]
         frozen = [i for i, b in enumerate(beta) if isinstance(b, float)]
@@ -217,11 +242,34 @@ class AMSGD(AdaptiveMemoryOptimizer):
             w = lerp_weight(b, lam, None if all(t is None for t in thr) else thr)
             bufs_a, grads_a = [bufs[i] for i in adaptive], [grads[i] for i in adaptive]
             weights = [w_i.to(d.dtype) for w_i, d in zip(w.unbind(), bufs_a)]
-            if foreach:
+            one_weight = all(beta[i] is beta[adaptive[0]] for i in adaptive) and not isinstance(
+                lam, Tensor
+            )
+            same_dtype = all(d.dtype == weights[0].dtype for d in bufs_a)
+            if foreach and one_weight and same_dtype and len(set(map(str, thr))) == 1:
+                torch._foreach_lerp_(bufs_a, grads_a, weights[0])  # global beta: one scalar
+            elif foreach:
                 torch._foreach_lerp_(bufs_a, grads_a, weights)
             else:
                 for b_i, g_i, w_i in zip(bufs_a, grads_a, weights):
                     b_i.lerp_(g_i, w_i)
+            if prep.sums is not None and prep.sums[0] == adaptive:
+                # ||(1 - w) d + w g||^2 from the sums: no extra pass over the new d
+                rows = prep.sums[1]
+                g_dot_d, g_sq, d_sq = rows[:, 2], rows[:, 3], rows[:, 4]
+                w = w.to(rows.dtype)
+                new_sq = (1 - w) ** 2 * d_sq + 2 * w * (1 - w) * g_dot_d + w**2 * g_sq
+                self._remember_sq([ts.states[i] for i in adaptive], new_sq)
+            else:
+                self._forget_sq([ts.states[i] for i in adaptive])
+        if first:
+            if prep.grad_sq is not None:  # d = g
+                self._remember_sq(
+                    [ts.states[i] for i in first], torch.stack([prep.grad_sq[i] for i in first])
+                )
+            else:
+                self._forget_sq([ts.states[i] for i in first])
+        self._forget_sq([ts.states[i] for i in frozen])
 
         for gid, members in _by_group(ts.group_ids).items():
             lr = groups[gid]["lr"]
@@ -232,6 +280,31 @@ class AMSGD(AdaptiveMemoryOptimizer):
                 for p_i, d_i in zip(p, d):
                     p_i.add_(d_i, alpha=-lr)
         torch._foreach_add_([st["step"] for st in ts.states], 1.0)
+
+    @staticmethod
+    def _remember_sq(states: list[dict[str, Any]], values: Tensor) -> None:
+        for st, value in zip(states, values.unbind()):
+            if "momentum_sq" not in st:  # state set by hand or from an older checkpoint
+                st["momentum_sq"] = torch.zeros_like(value)
+        targets = [st["momentum_sq"] for st in states]
+        torch._foreach_copy_(targets, [v.to(t.dtype) for v, t in zip(values.unbind(), targets)])
+        for st in states:
+            st["momentum_sq_known"] = True
+
+    @staticmethod
+    def _forget_sq(states: list[dict[str, Any]]) -> None:
+        for st in states:
+            st["momentum_sq_known"] = False
+
+
+@dataclass
+class _Prepared:
+    """What `_prepare` and `_sums` hand on: effective gradients, ||g||^2 (when the non-finite
+    check computed it and there is no coupled decay), and the foreach sums (for ||d||^2)."""
+
+    grads: list[Tensor]
+    grad_sq: Tensor | None
+    sums: tuple[list[int], Tensor] | None = None
 
 
 def _copy(dst: list[Tensor], src: list[Tensor], foreach: bool) -> None:
