@@ -71,6 +71,7 @@ def _sharded_worker(rank: int, store: str, cls_name: str, scope: str) -> None:
         torch.testing.assert_close(
             shard.detach(), whole.detach().chunk(WORLD)[rank], rtol=0, atol=1e-10
         )
+    dist.barrier()  # both ranks done before teardown (gloo aborts if a peer vanishes)
     dist.destroy_process_group()
 
 
@@ -95,6 +96,7 @@ def _ddp_worker(rank: int, store: str, cls_name: str) -> None:
     for p, q in zip(model.parameters(), single.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
     torch.testing.assert_close(o_ddp.last_beta, o_single.last_beta, rtol=0, atol=1e-6)
+    dist.barrier()  # both ranks done before teardown (gloo aborts if a peer vanishes)
     dist.destroy_process_group()
 
 

@@ -57,6 +57,8 @@ class StepTensors:
     where: list[tuple[int, int]] = field(default_factory=list)  # (group, index): error messages
     # ||grad||^2 per tensor, when the non-finite check computed it (AM-SGD reuses it)
     grad_sq: Tensor | None = None
+    # the tensors are shards: per-tensor sums are partial until the all-reduce
+    sharded: bool = False
 
 
 def check_common_hparams(group: dict[str, Any], owner: str) -> None:
@@ -325,6 +327,7 @@ class AdaptiveMemoryOptimizer(Optimizer):
             return loss
         foreach = self._use_foreach(ts)
         reduce_group = self._reduce_group(ts)
+        ts.sharded = reduce_group is not None
         if self.nonfinite != "off" and not self._grads_finite(ts, reduce_group):
             return loss
 

@@ -201,6 +201,10 @@ class AMSGD(AdaptiveMemoryOptimizer):
                 g_sq = prep.grad_sq if every else torch.stack([prep.grad_sq[i] for i in idx])
             states = [ts.states[i] for i in idx]
             d_sq = None
+            # a shard's ||d||^2 is a partial sum that would not survive resharding on resume,
+            # so sharded parameters re-read d instead (prep.sums stays unset: nothing is kept)
+            if ts.sharded:
+                return am_sgd_sums(g, d, lam=lam, foreach=True, g_sq=g_sq)
             if all(st.get("momentum_sq_known", False) for st in states):
                 d_sq = torch.stack([st["momentum_sq"] for st in states])
             rows = am_sgd_sums(g, d, lam=lam, foreach=True, g_sq=g_sq, d_sq=d_sq)
@@ -263,7 +267,7 @@ class AMSGD(AdaptiveMemoryOptimizer):
             else:
                 self._forget_sq([ts.states[i] for i in adaptive])
         if first:
-            if prep.grad_sq is not None:  # d = g
+            if prep.grad_sq is not None and not ts.sharded:  # d = g
                 self._remember_sq(
                     [ts.states[i] for i in first], torch.stack([prep.grad_sq[i] for i in first])
                 )
