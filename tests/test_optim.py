@@ -336,15 +336,18 @@ def test_restart_resets_momentum_and_clip_bounds_beta():
 
 
 @pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
-def test_state_dict_resume_is_bit_identical(cls):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_dict_resume_is_bit_identical(cls, dtype):
+    # bf16: the fp32 scalar state (bias correction, ||d||^2) must survive torch's cast of
+    # floating state to the parameter dtype in load_state_dict
     torch.manual_seed(0)
-    data = [torch.randn(16, 6) for _ in range(20)]
-    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+    data = [torch.randn(16, 6, dtype=dtype) for _ in range(20)]
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1)).to(dtype)
 
     def train(model, opt, batches):
         for x in batches:
             opt.zero_grad()
-            model(x).square().mean().backward()
+            model(x).float().square().mean().backward()
             opt.step()
 
     m1 = copy.deepcopy(model)

@@ -86,9 +86,17 @@ def check_common_hparams(group: dict[str, Any], owner: str) -> None:
         raise bad("frozen_beta", "must be None or in [0, 1]")
 
 
+def common_sum_dtype(tensors: list[Tensor]) -> torch.dtype:
+    """The dtype of a list's sums: fp64 if any tensor is fp64, else fp32."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def squared_norms(tensors: list[Tensor]) -> Tensor:
     """||t||^2 per tensor, in fp32 (fp64 for fp64 tensors): one read of each tensor."""
-    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    dtype = common_sum_dtype(tensors)
+    if all(t.dtype == dtype for t in tensors):  # the usual case: no casts
+        flat = [t.reshape(-1) for t in tensors]
+        return torch.stack([torch.dot(f, f) for f in flat])
     if all(t.dtype in (torch.float32, torch.float64) for t in tensors):
         # a BLAS dot reads the tensor once and is faster than a norm kernel on the CPU
         return torch.stack([torch.dot(t.reshape(-1), t.reshape(-1)).to(dtype) for t in tensors])
@@ -166,6 +174,21 @@ class AdaptiveMemoryOptimizer(Optimizer):
         self._last_beta: Tensor | None = None
         self._scratch_cache: dict[str, list[Tensor]] = {}
         super().__init__(params, defaults)
+
+    # Scalar state kept in the sums' dtype (fp32 for bf16/fp16 parameters). torch's
+    # load_state_dict casts floating state to the parameter's dtype; these keys are restored.
+    _sum_state_keys: tuple[str, ...] = ()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict["state"]
+        saved_ids = [g["params"] for g in state_dict["param_groups"]]
+        super().load_state_dict(state_dict)
+        for group, ids in zip(self.param_groups, saved_ids):
+            for p, pid in zip(group["params"], ids):
+                for key in self._sum_state_keys:
+                    value = saved.get(pid, {}).get(key)
+                    if isinstance(value, Tensor) and p in self.state:
+                        self.state[p][key] = value.to(p.device, sum_dtype(p), copy=True)
 
     # The trainer passes a closure (forward + backward on the current batch) when this is set.
     @property

@@ -26,10 +26,11 @@ from amm.optim._base import (
     StepTensors,
     _local,
     beta_vector,
+    common_sum_dtype,
     per_tensor,
     sum_dtype,
 )
-from amm.optim.am_sgd import _by_group, _common_sum_dtype, _dot, gap_and_cross
+from amm.optim.am_sgd import _by_group, _dot, gap_and_cross
 
 
 @dataclass
@@ -51,7 +52,7 @@ def _single_tensor_am_adamw_sums(
     lam: float,
 ) -> Tensor:
     """Reference: rows [<g + lam d, g - d>_P, ||g - d||_P^2, <g, d>_P, <g, x>], literally."""
-    dtype = _common_sum_dtype(grads)
+    dtype = common_sum_dtype(grads)
     rows = []
     for g, d, x, inv, scale in zip(grads, moms, params, metric.inv, metric.scales):
         g, d, x = g.to(dtype), d.to(dtype), x.to(dtype)
@@ -79,7 +80,7 @@ def _multi_tensor_am_adamw_sums(
     scratch: list[Tensor] | None = None,
 ) -> Tensor:
     """foreach: one temporary u (g P^-1, then d P^-1) and four dots per tensor."""
-    dtype = _common_sum_dtype(grads)
+    dtype = common_sum_dtype(grads)
     inv = metric.inv
     if any(g.dtype != dtype for g in grads):  # bf16/fp16: reduce in fp32
         grads, moms = [g.to(dtype) for g in grads], [m.to(dtype) for m in moms]
@@ -189,6 +190,8 @@ class AMAdamW(AdaptiveMemoryOptimizer):
 
     def _uses_decoupled_decay(self) -> bool:
         return True
+
+    _sum_state_keys = ("bias_correction",)
 
     def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0)

@@ -20,14 +20,11 @@ from amm.optim._base import (
     StepTensors,
     _local,
     beta_vector,
+    common_sum_dtype,
     per_tensor,
     squared_norms,
     sum_dtype,
 )
-
-
-def _common_sum_dtype(tensors: list[Tensor]) -> torch.dtype:
-    return torch.float64 if any(sum_dtype(t) == torch.float64 for t in tensors) else torch.float32
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -36,7 +33,7 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 def _single_tensor_am_sgd_sums(grads: list[Tensor], bufs: list[Tensor], lam: float) -> Tensor:
     """Reference: the formulas literally, one tensor at a time. Rows [cross, gap_sq, <g,d>, 0]."""
-    dtype = _common_sum_dtype(grads)
+    dtype = common_sum_dtype(grads)
     rows = []
     for g, d in zip(grads, bufs):
         g, d = g.to(dtype), d.to(dtype)
@@ -66,13 +63,13 @@ def _multi_tensor_am_sgd_sums(
 ) -> Tensor:
     """foreach: ||g||^2, ||d||^2 and <g, d> per tensor, reading g and d without temporaries.
     The squared norms can be passed in (the optimizer knows them: see AMSGD._sums)."""
-    dtype = _common_sum_dtype(grads)
+    dtype = common_sum_dtype(grads)
     g_sq = squared_norms(grads) if g_sq is None else g_sq
     d_sq = squared_norms(bufs) if d_sq is None else d_sq
     if any(g.dtype != dtype for g in grads):  # bf16/fp16: the dot in fp32
         g_dot_d = torch.stack([_dot(g.to(dtype), d.to(dtype)) for g, d in zip(grads, bufs)])
     else:
-        g_dot_d = torch.stack([_dot(g, d) for g, d in zip(grads, bufs)])
+        g_dot_d = torch.stack([torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(grads, bufs)])
     gap_sq, cross = gap_and_cross(g_sq, g_dot_d, d_sq, lam)
     return torch.stack([cross, gap_sq, g_dot_d, g_sq, d_sq], dim=1)
 
@@ -106,7 +103,7 @@ def lerp_weight(
 
 
 def _where(tensors: list[Tensor]) -> tuple[torch.device, torch.dtype]:
-    return tensors[0].device, _common_sum_dtype(tensors)
+    return tensors[0].device, common_sum_dtype(tensors)
 
 
 class AMSGD(AdaptiveMemoryOptimizer):
@@ -165,6 +162,8 @@ class AMSGD(AdaptiveMemoryOptimizer):
             foreach=foreach,
             process_group=process_group,
         )
+
+    _sum_state_keys = ("momentum_sq",)
 
     def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0)
@@ -245,18 +244,19 @@ class AMSGD(AdaptiveMemoryOptimizer):
             thr = [groups[g]["restart_below"] for g in gids]
             w = lerp_weight(b, lam, None if all(t is None for t in thr) else thr)
             bufs_a, grads_a = [bufs[i] for i in adaptive], [grads[i] for i in adaptive]
-            weights = [w_i.to(d.dtype) for w_i, d in zip(w.unbind(), bufs_a)]
             one_weight = all(beta[i] is beta[adaptive[0]] for i in adaptive) and not isinstance(
                 lam, Tensor
             )
-            same_dtype = all(d.dtype == weights[0].dtype for d in bufs_a)
+            same_dtype = all(d.dtype == w.dtype for d in bufs_a)
             if foreach and one_weight and same_dtype and len(set(map(str, thr))) == 1:
-                torch._foreach_lerp_(bufs_a, grads_a, weights[0])  # global beta: one scalar
-            elif foreach:
-                torch._foreach_lerp_(bufs_a, grads_a, weights)
+                torch._foreach_lerp_(bufs_a, grads_a, w[0])  # global beta: one scalar
             else:
-                for b_i, g_i, w_i in zip(bufs_a, grads_a, weights):
-                    b_i.lerp_(g_i, w_i)
+                weights = [w_i.to(d.dtype) for w_i, d in zip(w.unbind(), bufs_a)]
+                if foreach:
+                    torch._foreach_lerp_(bufs_a, grads_a, weights)
+                else:
+                    for b_i, g_i, w_i in zip(bufs_a, grads_a, weights):
+                        b_i.lerp_(g_i, w_i)
             if prep.sums is not None and prep.sums[0] == adaptive:
                 # ||(1 - w) d + w g||^2 from the sums: no extra pass over the new d
                 rows = prep.sums[1]
@@ -287,12 +287,9 @@ class AMSGD(AdaptiveMemoryOptimizer):
 
     @staticmethod
     def _remember_sq(states: list[dict[str, Any]], values: Tensor) -> None:
+        # views of the one new vector: no per-tensor copies (the old vector is freed)
         for st, value in zip(states, values.unbind()):
-            if "momentum_sq" not in st:  # state set by hand or from an older checkpoint
-                st["momentum_sq"] = torch.zeros_like(value)
-        targets = [st["momentum_sq"] for st in states]
-        torch._foreach_copy_(targets, [v.to(t.dtype) for v, t in zip(values.unbind(), targets)])
-        for st in states:
+            st["momentum_sq"] = value
             st["momentum_sq_known"] = True
 
     @staticmethod
