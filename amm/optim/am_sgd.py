@@ -69,7 +69,9 @@ def _multi_tensor_am_sgd_sums(
     if any(g.dtype != dtype for g in grads):  # bf16/fp16: the dot in fp32
         g_dot_d = torch.stack([_dot(g.to(dtype), d.to(dtype)) for g, d in zip(grads, bufs)])
     else:
-        g_dot_d = torch.stack([torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(grads, bufs)])
+        g_dot_d = torch.stack(
+            [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(grads, bufs)]
+        )
     gap_sq, cross = gap_and_cross(g_sq, g_dot_d, d_sq, lam)
     return torch.stack([cross, gap_sq, g_dot_d, g_sq, d_sq], dim=1)
 
