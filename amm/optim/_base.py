@@ -149,8 +149,11 @@ class AdaptiveMemoryOptimizer(Optimizer):
         nonfinite: str,
         foreach: bool | None,
         process_group: Any,
+        fused: bool | None = None,
     ) -> None:
         name = type(self).__name__
+        if fused and foreach:
+            raise ValueError(f"{name}: fused=True and foreach=True cannot be set together")
         if beta_scope not in BETA_SCOPES:
             raise ValueError(f"{name}: invalid beta_scope={beta_scope!r}; use one of {BETA_SCOPES}")
         if plane_bias not in PLANE_BIASES:
@@ -170,6 +173,8 @@ class AdaptiveMemoryOptimizer(Optimizer):
         self.plane_bias = plane_bias
         self.nonfinite = nonfinite
         self.foreach = foreach
+        self.fused = bool(fused)
+        self._fused_kernels: Any = None
         self.process_group = process_group
         self._last_beta: Tensor | None = None
         self._scratch_cache: dict[str, list[Tensor]] = {}
@@ -267,6 +272,14 @@ class AdaptiveMemoryOptimizer(Optimizer):
     def _uses_decoupled_decay(self) -> bool:
         return False
 
+    def _state_tensors(self, state: dict[str, Any]) -> tuple[Tensor, ...]:
+        """The per-element state the fused passes read and write (momentum, ...)."""
+        raise NotImplementedError
+
+    def _prepare_fused(self, ts: StepTensors) -> Any:
+        """Fused pass 1: the per-tensor sums, reading only; sets ts.grad_sq."""
+        raise NotImplementedError
+
     # ---- the step ----------------------------------------------------------------------------
     def _gather(self) -> StepTensors:
         ts = StepTensors()
@@ -301,6 +314,22 @@ class AdaptiveMemoryOptimizer(Optimizer):
             return self.foreach
         return not torch.jit.is_scripting()
 
+    def _use_fused(self, ts: StepTensors) -> bool:
+        if not self.fused:
+            return False
+        from amm.optim.fused import FusedKernels, unsupported_reason
+
+        per_tensor = [
+            (p, g, *(_local(t) for t in self._state_tensors(st)))
+            for p, g, st in zip(ts.params, ts.grads, ts.states)
+        ]
+        reason = unsupported_reason(per_tensor)
+        if reason is not None:
+            raise RuntimeError(f"{type(self).__name__}(fused=True): {reason}")
+        if self._fused_kernels is None:
+            self._fused_kernels = FusedKernels()
+        return True
+
     def _reduce_group(self, ts: StepTensors) -> Any:
         if self.process_group is not None:
             return self.process_group
@@ -317,7 +346,8 @@ class AdaptiveMemoryOptimizer(Optimizer):
 
     def _grads_finite(self, ts: StepTensors, reduce_group: Any) -> bool:
         """One boolean read on the host; raises or tells the caller to skip the step."""
-        ts.grad_sq = squared_norms(ts.grads)
+        if ts.grad_sq is None:  # the fused pass 1 computes it on the way
+            ts.grad_sq = squared_norms(ts.grads)
         bad = ~torch.isfinite(ts.grad_sq)
         any_bad = bad.any().float()
         if reduce_group is not None:
@@ -351,10 +381,16 @@ class AdaptiveMemoryOptimizer(Optimizer):
         foreach = self._use_foreach(ts)
         reduce_group = self._reduce_group(ts)
         ts.sharded = reduce_group is not None
-        if self.nonfinite != "off" and not self._grads_finite(ts, reduce_group):
-            return loss
-
-        prep = self._prepare(ts, foreach)
+        check = self.nonfinite != "off"
+        if self._use_fused(ts):
+            # pass 1 only reads, so checking after it still leaves the state untouched
+            prep = self._prepare_fused(ts)
+            if check and not self._grads_finite(ts, reduce_group):
+                return loss
+        else:
+            if check and not self._grads_finite(ts, reduce_group):
+                return loss
+            prep = self._prepare(ts, foreach)
         beta = self._compute_beta(ts, prep, foreach, loss, reduce_group)
         self._update(ts, prep, beta, foreach)
 

@@ -28,9 +28,20 @@ from amm.optim._base import (
     beta_vector,
     common_sum_dtype,
     per_tensor,
+    small_tensor,
     sum_dtype,
 )
 from amm.optim.am_sgd import _by_group, _dot, gap_and_cross
+
+
+@dataclass
+class _FusedPrep:
+    """Fused pass 1's output: per-tensor columns (see FusedKernels.am_adamw_sums), the
+    per-tensor hyper-parameters of both passes, and sqrt(1 - beta2^t) per tensor."""
+
+    rows: Tensor
+    hyper: Tensor
+    scales: list[float]
 
 
 @dataclass
@@ -127,7 +138,7 @@ class AMAdamW(AdaptiveMemoryOptimizer):
     """Adaptive Memory AdamW.
 
     Args as `AMSGD` (lam, beta_max, beta_min, restart_below, frozen_beta, beta_scope,
-    plane_bias, nonfinite, foreach, process_group), plus
+    plane_bias, nonfinite, foreach, fused, process_group), plus
         betas: (beta1, beta2). AM adapts the first-moment coefficient, so beta1 serves only as
             the default clip `beta_max` (the paper reads 0.9 as both); beta2 is Adam's
             second-moment coefficient (paper: 0.99). For a fixed-momentum AdamW use
@@ -153,6 +164,7 @@ class AMAdamW(AdaptiveMemoryOptimizer):
         plane_bias: str = "linear",
         nonfinite: str = "raise",
         foreach: bool | None = None,
+        fused: bool | None = None,
         process_group: Any = None,
     ) -> None:
         if len(betas) != 2:
@@ -176,6 +188,7 @@ class AMAdamW(AdaptiveMemoryOptimizer):
             nonfinite=nonfinite,
             foreach=foreach,
             process_group=process_group,
+            fused=fused,
         )
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -202,6 +215,34 @@ class AMAdamW(AdaptiveMemoryOptimizer):
 
     def _has_history(self, state: dict[str, Any]) -> bool:
         return state["step"].item() > 0  # a CPU tensor: no device sync
+
+    def _state_tensors(self, state: dict[str, Any]) -> tuple[Tensor, ...]:
+        return state["momentum"], state["exp_avg_sq"]
+
+    def _prepare_fused(self, ts: StepTensors) -> _FusedPrep:
+        """Fused pass 1 (reads only): per-tensor sums in the metric of the new second moment."""
+        groups = self.param_groups
+        hyper, scales = [], []
+        for st, gid in zip(ts.states, ts.group_ids):
+            group = groups[gid]
+            beta2 = group["betas"][1]
+            scale = math.sqrt(1 - beta2 ** (st["step"].item() + 1))
+            lr, wd = group["lr"], group["weight_decay"]
+            hyper.append([beta2, group["eps"] * scale, 1 - lr * wd, -lr * scale])
+            scales.append(scale)
+        device = ts.params[0].device
+        hyper_t = small_tensor(hyper, device, torch.float32)
+        with_decay = any(groups[g]["weight_decay"] != 0 for g in ts.group_ids)
+        rows = self._fused_kernels.am_adamw_sums(
+            ts.params,
+            ts.grads,
+            [_local(st["momentum"]) for st in ts.states],
+            [_local(st["exp_avg_sq"]) for st in ts.states],
+            hyper_t,
+            with_decay,
+        )
+        ts.grad_sq = rows[:, 4]
+        return _FusedPrep(rows, hyper_t, scales)
 
     def _prepare(self, ts: StepTensors, foreach: bool) -> _Metric:
         """Second moment v_t (with g_t) and the denominator of P_t, shared by sums and update."""
@@ -230,7 +271,12 @@ class AMAdamW(AdaptiveMemoryOptimizer):
                 invs[i], scales[i] = ds[k], math.sqrt(bc2[k])
         return _Metric(invs, scales)
 
-    def _sums(self, ts: StepTensors, metric: _Metric, idx: list[int], foreach: bool) -> Tensor:
+    def _sums(
+        self, ts: StepTensors, metric: _Metric | _FusedPrep, idx: list[int], foreach: bool
+    ) -> Tensor:
+        if isinstance(metric, _FusedPrep):
+            return self._fused_sums(ts, metric, idx)
+
         def rows(members: list[int], lam: float) -> Tensor:
             return am_adamw_sums(
                 [ts.grads[i] for i in members],
@@ -250,8 +296,25 @@ class AMAdamW(AdaptiveMemoryOptimizer):
             return rows(idx, lams[0])
         return torch.cat([rows([i], lam) for i, lam in zip(idx, lams)])
 
+    def _fused_sums(self, ts: StepTensors, prep: _FusedPrep, idx: list[int]) -> Tensor:
+        """The rows of `_sums` from the fused pass-1 columns (scaled into the metric here)."""
+        raw = prep.rows
+        if len(idx) != len(ts.params):
+            raw = raw.index_select(0, small_tensor(idx, raw.device, torch.long))
+        scale = per_tensor([prep.scales[i] for i in idx], raw.device, raw.dtype)
+        lam = per_tensor(
+            [self.param_groups[ts.group_ids[i]]["lam"] for i in idx], raw.device, raw.dtype
+        )
+        g_sq, g_dot_d, d_sq = raw[:, 0] * scale, raw[:, 1] * scale, raw[:, 2] * scale
+        gap_sq, cross = gap_and_cross(g_sq, g_dot_d, d_sq, lam)
+        return torch.stack([cross, gap_sq, g_dot_d, raw[:, 3]], dim=1)
+
     def _update(
-        self, ts: StepTensors, metric: _Metric, beta: list[Tensor | float | None], foreach: bool
+        self,
+        ts: StepTensors,
+        metric: _Metric | _FusedPrep,
+        beta: list[Tensor | float | None],
+        foreach: bool,
     ) -> None:
         groups = self.param_groups
         moms = [_local(st["momentum"]) for st in ts.states]
@@ -276,6 +339,17 @@ class AMAdamW(AdaptiveMemoryOptimizer):
             c_next = torch.where(restart, torch.ones_like(c_next), c_next)
         w = torch.nan_to_num(w, nan=0.0)  # 0/0 only for beta = 1 with c = 0: keep the state
         torch._foreach_copy_(corrections, list(c_next.unbind()))
+        if isinstance(metric, _FusedPrep):  # pass 2: v, m_hat and x in one kernel
+            self._fused_kernels.am_adamw_update(
+                ts.params,
+                ts.grads,
+                moms,
+                [_local(st["exp_avg_sq"]) for st in ts.states],
+                metric.hyper,
+                w.to(torch.float32),
+            )
+            torch._foreach_add_([st["step"] for st in ts.states], 1.0)
+            return
         weights = [w_i.to(m.dtype) for w_i, m in zip(w.unbind(), moms)]
 
         if foreach:

@@ -22,6 +22,7 @@ from amm.optim._base import (
     beta_vector,
     common_sum_dtype,
     per_tensor,
+    small_tensor,
     squared_norms,
     sum_dtype,
 )
@@ -125,6 +126,7 @@ class AMSGD(AdaptiveMemoryOptimizer):
             f(x_{t-1}), f(x_t) from `step(closure)`; deterministic problems).
         nonfinite: "raise" (default), "skip" the step, or "off" (no check, no host sync).
         foreach: use the multi-tensor implementation (default) or the single-tensor reference.
+        fused: two Triton kernels per step (CUDA; see amm.optim.fused) instead of foreach.
         process_group: the parameters are shards (ZeRO-style); the sums are all-reduced over this
             group. DTensor (FSDP2) parameters are detected automatically.
     """
@@ -144,6 +146,7 @@ class AMSGD(AdaptiveMemoryOptimizer):
         plane_bias: str = "linear",
         nonfinite: str = "raise",
         foreach: bool | None = None,
+        fused: bool | None = None,
         process_group: Any = None,
     ) -> None:
         defaults = dict(
@@ -163,6 +166,7 @@ class AMSGD(AdaptiveMemoryOptimizer):
             nonfinite=nonfinite,
             foreach=foreach,
             process_group=process_group,
+            fused=fused,
         )
 
     _sum_state_keys = ("momentum_sq",)
@@ -178,6 +182,20 @@ class AMSGD(AdaptiveMemoryOptimizer):
     def _has_history(self, state: dict[str, Any]) -> bool:
         return state["step"].item() > 0  # a CPU tensor: no device sync
 
+    def _state_tensors(self, state: dict[str, Any]) -> tuple[Tensor, ...]:
+        return (state["momentum_buffer"],)
+
+    def _prepare_fused(self, ts: StepTensors) -> _Prepared:
+        """Fused pass 1 (reads only): ||g||^2, <g, d>, ||d||^2 of the effective gradients."""
+        groups = self.param_groups
+        hyper = [[groups[g]["weight_decay"], -groups[g]["lr"]] for g in ts.group_ids]
+        hyper_t = small_tensor(hyper, ts.params[0].device, torch.float32)
+        with_decay = any(h[0] != 0 for h in hyper)
+        bufs = [_local(st["momentum_buffer"]) for st in ts.states]
+        rows = self._fused_kernels.am_sgd_sums(ts.params, ts.grads, bufs, hyper_t, with_decay)
+        ts.grad_sq = rows[:, 4]
+        return _Prepared(ts.grads, None, fused=_FusedRows(rows, hyper_t, with_decay))
+
     def _prepare(self, ts: StepTensors, foreach: bool) -> _Prepared:
         """Effective gradients g = grad + wd * x (coupled weight decay), and ||g||^2 if known."""
         grads = list(ts.grads)
@@ -190,6 +208,15 @@ class AMSGD(AdaptiveMemoryOptimizer):
         return _Prepared(grads, None if decayed else ts.grad_sq)
 
     def _sums(self, ts: StepTensors, prep: _Prepared, idx: list[int], foreach: bool) -> Tensor:
+        if prep.fused is not None:
+            raw = prep.fused.rows
+            if len(idx) != len(ts.params):
+                raw = raw.index_select(0, small_tensor(idx, raw.device, torch.long))
+            lam = per_tensor(
+                [self.param_groups[ts.group_ids[i]]["lam"] for i in idx], raw.device, raw.dtype
+            )
+            gap_sq, cross = gap_and_cross(raw[:, 0], raw[:, 1], raw[:, 2], lam)
+            return torch.stack([cross, gap_sq, raw[:, 1], raw[:, 3]], dim=1)
         lam = self.param_groups[ts.group_ids[idx[0]]]["lam"]
         lams = {self.param_groups[ts.group_ids[i]]["lam"] for i in idx}
         grads = prep.grads
@@ -229,6 +256,9 @@ class AMSGD(AdaptiveMemoryOptimizer):
         groups = self.param_groups
         grads = prep.grads
         bufs = [_local(st["momentum_buffer"]) for st in ts.states]
+        if prep.fused is not None:
+            self._update_fused(ts, prep.fused, bufs, beta)
+            return
         first = [i for i, b in enumerate(beta) if b is None]
         frozen = [i for i, b in enumerate(beta) if isinstance(b, float)]
         adaptive = [i for i, b in enumerate(beta) if isinstance(b, Tensor)]
@@ -287,6 +317,33 @@ class AMSGD(AdaptiveMemoryOptimizer):
                     p_i.add_(d_i, alpha=-lr)
         torch._foreach_add_([st["step"] for st in ts.states], 1.0)
 
+    def _update_fused(
+        self,
+        ts: StepTensors,
+        fused: _FusedRows,
+        bufs: list[Tensor],
+        beta: list[Tensor | float | None],
+    ) -> None:
+        """Pass 2 for every tensor: d <- lerp(d, g, w), x <- x - lr d, where w is 1 on the
+        first step (d_0 = g_0) and (1 - beta) / (1 + lam) otherwise (frozen or adaptive)."""
+        groups = self.param_groups
+        device = fused.rows.device
+        b = beta_vector(beta, [0.0] * len(beta), device, torch.float32)
+        lam = per_tensor([groups[g]["lam"] for g in ts.group_ids], device, torch.float32)
+        thr = [
+            groups[g]["restart_below"] if isinstance(x, Tensor) else None
+            for g, x in zip(ts.group_ids, beta)
+        ]
+        w = lerp_weight(b, lam, None if all(t is None for t in thr) else thr)
+        if any(x is None for x in beta):
+            first = small_tensor([x is None for x in beta], device, torch.bool)
+            w = torch.where(first, torch.ones_like(w), w)
+        self._fused_kernels.am_sgd_update(
+            ts.params, ts.grads, bufs, fused.hyper, w.contiguous(), fused.with_decay
+        )
+        self._forget_sq(ts.states)  # pass 1 reads ||d||^2 anyway
+        torch._foreach_add_([st["step"] for st in ts.states], 1.0)
+
     @staticmethod
     def _remember_sq(states: list[dict[str, Any]], values: Tensor) -> None:
         # views of the one new vector: no per-tensor copies (the old vector is freed)
@@ -308,6 +365,16 @@ class _Prepared:
     grads: list[Tensor]
     grad_sq: Tensor | None
     sums: tuple[list[int], Tensor] | None = None
+    fused: _FusedRows | None = None
+
+
+@dataclass
+class _FusedRows:
+    """Fused pass 1's columns (see FusedKernels.am_sgd_sums) and the hyper-parameters."""
+
+    rows: Tensor
+    hyper: Tensor
+    with_decay: bool
 
 
 def _copy(dst: list[Tensor], src: list[Tensor], foreach: bool) -> None:

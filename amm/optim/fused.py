@@ -1,0 +1,383 @@
+"""Fused (Triton) elementwise passes of AM-AdamW and AM-SGD: two multi-tensor kernels a step.
+
+Pass 1 reads the state and returns each tensor's sums for the beta formula; beta itself is
+computed from those few numbers in torch, by the same code as the foreach path
+(`amm.optim.beta.adaptive_beta`); pass 2 updates momentum, second moment and parameters.
+
+- One launch covers every tensor of a dtype: a block table maps each program to (tensor,
+  offset), and pointer tables hold the tensors' addresses, so the launch count does not grow
+  with the number of tensors.
+- Pass 1 writes nothing, so the non-finite check after it leaves the state untouched; the
+  second moment is recomputed in pass 2 instead of being stored in pass 1 (same traffic).
+- Per-block partial sums are reduced per tensor in a fixed order: the result is
+  deterministic, so DDP ranks compute the same beta.
+- No host sync: tables travel host -> device as non-blocking copies from pinned memory.
+
+Memory traffic per parameter, in passes over 4-byte state: AM-AdamW pass 1 reads g, m, v (and
+x when weight decay needs <g, x>), pass 2 reads g, m, v, x and writes m, v, x: 10 (11) passes
+against fused AdamW's 7. AM-SGD: pass 1 reads g, d (and x with coupled decay), pass 2 reads
+g, d, x and writes d, x: 7 (8) passes against SGD-momentum's 5.
+
+Runs on CUDA tensors with Triton; on the CPU only in Triton's interpreter
+(TRITON_INTERPRET=1, which the tests use to check fused == foreach without a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from amm.optim._base import small_tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - torch's CUDA wheels ship Triton
+    triton = None
+
+BLOCK = 2048  # elements per program
+NCOL = 8  # columns of the per-block partial sums (five used; a power of two for tl.arange)
+RBLOCK = 256  # partial-sum rows per iteration of the per-tensor reduction
+
+
+# Triton decides when the kernels are defined (at import) whether they run in its interpreter.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def interpreting() -> bool:
+    """The kernels run in Triton's interpreter, on CPU tensors (slowly): for tests."""
+    return _INTERPRETED
+
+
+def unsupported_reason(per_tensor: list[tuple[Tensor, ...]]) -> str | None:
+    """Why the fused step cannot run on these tensors, or None. Each tuple holds one
+    parameter's tensors (parameter, gradient, state...): same dtype, device and layout."""
+    if triton is None:
+        return "Triton is not installed (it ships with torch's CUDA wheels: pip install triton)"
+    device = per_tensor[0][0].device
+    if device.type != "cuda" and not interpreting():
+        return (
+            f"the parameters are on {device.type}; the fused step runs on CUDA tensors "
+            "(use the default foreach implementation elsewhere)"
+        )
+    for tensors in per_tensor:
+        p = tensors[0]
+        if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return f"dtype {p.dtype} is not supported (float32, bfloat16, float16 are)"
+        dense = p.is_contiguous() or (
+            p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+        )
+        if not dense:
+            return f"a parameter of shape {list(p.shape)} is not dense (strides {p.stride()})"
+        for t in tensors[1:]:
+            if t.device != device or t.dtype != p.dtype or t.stride() != p.stride():
+                return (
+                    f"a parameter of shape {list(p.shape)} has a gradient or state with another "
+                    "dtype, device or memory layout"
+                )
+    return None
+
+
+if triton is not None:
+    _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+    @triton.jit
+    def _block(block_tensor, block_start, numels, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        t = tl.load(block_tensor + pid)
+        offs = tl.load(block_start + pid) + tl.arange(0, BLOCK)
+        return pid, t, offs, offs < tl.load(numels + t)
+
+    @triton.jit
+    def _load(table, t, offs, mask, DTYPE: tl.constexpr):
+        base = tl.load(table + t).to(tl.pointer_type(DTYPE))
+        return tl.load(base + offs, mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _store(table, t, offs, mask, value, DTYPE: tl.constexpr):
+        base = tl.load(table + t).to(tl.pointer_type(DTYPE))
+        tl.store(base + offs, value.to(DTYPE), mask=mask)
+
+    @triton.jit
+    def _adam_metric(g, v, mask, beta2, eps):
+        """The new second moment and 1 / (sqrt(v) + eps), IEEE-rounded like torch's ops."""
+        v = beta2 * v + (1.0 - beta2) * g * g
+        inv = tl.div_rn(1.0, tl.sqrt_rn(v) + eps)
+        return v, tl.where(mask, inv, 0.0)
+
+    @triton.jit
+    def _am_adamw_sums_kernel(
+        g_tab, m_tab, v_tab, x_tab, numels, block_tensor, block_start, hyper, partials,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
+    ):  # fmt: skip
+        pid, t, offs, mask = _block(block_tensor, block_start, numels, BLOCK)
+        beta2, eps = tl.load(hyper + t * 4), tl.load(hyper + t * 4 + 1)
+        g = _load(g_tab, t, offs, mask, DTYPE)
+        m = _load(m_tab, t, offs, mask, DTYPE)
+        v = _load(v_tab, t, offs, mask, DTYPE)
+        v, inv = _adam_metric(g, v, mask, beta2, eps)
+        u = g * inv
+        out = partials + pid * NCOL
+        tl.store(out, tl.sum(g * u, axis=0))  # ||g||_P^2 (unscaled)
+        tl.store(out + 1, tl.sum(m * u, axis=0))  # <g, d>_P
+        tl.store(out + 2, tl.sum(m * m * inv, axis=0))  # ||d||_P^2
+        if WITH_DECAY:
+            tl.store(out + 3, tl.sum(g * _load(x_tab, t, offs, mask, DTYPE), axis=0))
+        else:
+            tl.store(out + 3, 0.0)
+        tl.store(out + 4, tl.sum(g * g, axis=0))  # ||g||^2: the non-finite check
+
+    @triton.jit
+    def _am_adamw_update_kernel(
+        g_tab, m_tab, v_tab, x_tab, numels, block_tensor, block_start, hyper, weights,
+        DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        _, t, offs, mask = _block(block_tensor, block_start, numels, BLOCK)
+        beta2, eps = tl.load(hyper + t * 4), tl.load(hyper + t * 4 + 1)
+        decay, step = tl.load(hyper + t * 4 + 2), tl.load(hyper + t * 4 + 3)
+        w = tl.load(weights + t)
+        g = _load(g_tab, t, offs, mask, DTYPE)
+        m = _load(m_tab, t, offs, mask, DTYPE)
+        v = _load(v_tab, t, offs, mask, DTYPE)
+        x = _load(x_tab, t, offs, mask, DTYPE)
+        v, inv = _adam_metric(g, v, mask, beta2, eps)
+        m = m + w * (g - m)  # m_hat <- lerp(m_hat, g, w)
+        x = x * decay + step * m * inv
+        _store(v_tab, t, offs, mask, v, DTYPE)
+        _store(m_tab, t, offs, mask, m, DTYPE)
+        _store(x_tab, t, offs, mask, x, DTYPE)
+
+    @triton.jit
+    def _am_sgd_sums_kernel(
+        g_tab, d_tab, x_tab, numels, block_tensor, block_start, hyper, partials,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
+    ):  # fmt: skip
+        pid, t, offs, mask = _block(block_tensor, block_start, numels, BLOCK)
+        g = _load(g_tab, t, offs, mask, DTYPE)
+        d = _load(d_tab, t, offs, mask, DTYPE)
+        if WITH_DECAY:  # coupled decay: the effective gradient g + wd x
+            g = g + tl.load(hyper + t * 2) * _load(x_tab, t, offs, mask, DTYPE)
+        out = partials + pid * NCOL
+        tl.store(out, tl.sum(g * g, axis=0))
+        tl.store(out + 1, tl.sum(g * d, axis=0))
+        tl.store(out + 2, tl.sum(d * d, axis=0))
+        tl.store(out + 3, 0.0)
+        tl.store(out + 4, tl.sum(g * g, axis=0))
+
+    @triton.jit
+    def _am_sgd_update_kernel(
+        g_tab, d_tab, x_tab, numels, block_tensor, block_start, hyper, weights,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        _, t, offs, mask = _block(block_tensor, block_start, numels, BLOCK)
+        neg_lr, w = tl.load(hyper + t * 2 + 1), tl.load(weights + t)
+        g = _load(g_tab, t, offs, mask, DTYPE)
+        d = _load(d_tab, t, offs, mask, DTYPE)
+        x = _load(x_tab, t, offs, mask, DTYPE)
+        if WITH_DECAY:
+            g = g + tl.load(hyper + t * 2) * x
+        d = d + w * (g - d)  # d <- lerp(d, g, w)
+        x = x + neg_lr * d
+        _store(d_tab, t, offs, mask, d, DTYPE)
+        _store(x_tab, t, offs, mask, x, DTYPE)
+
+    @triton.jit
+    def _segment_sum_kernel(partials, block_offsets, out, NCOL: tl.constexpr, RBLOCK: tl.constexpr):
+        """Row sums of each tensor's run of partials, always in the same order."""
+        t = tl.program_id(0)
+        lo = tl.load(block_offsets + t)
+        hi = tl.load(block_offsets + t + 1)
+        rows = tl.arange(0, RBLOCK)
+        cols = tl.arange(0, NCOL)
+        acc = tl.zeros([RBLOCK, NCOL], dtype=tl.float32)
+        for start in tl.range(lo, hi, RBLOCK):
+            r = start + rows
+            acc += tl.load(partials + r[:, None] * NCOL + cols[None, :], mask=(r < hi)[:, None])
+        tl.store(out + t * NCOL + cols, tl.sum(acc, axis=0))
+
+
+@dataclass
+class _Launch:
+    """The tensors of one dtype and the block table of their kernels."""
+
+    members: list[int]  # positions in the step's tensor lists
+    dtype: Any  # Triton's dtype
+    numels: Tensor
+    block_tensor: Tensor
+    block_start: Tensor
+    block_offsets: Tensor  # the first block of every member, and the end
+    blocks: int
+
+
+class FusedKernels:
+    """Launches the fused passes; caches block tables (by shapes) and pointer tables (by
+    addresses: parameters and state do not move; gradients may, and are re-sent then)."""
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple, list[_Launch]] = {}
+        self._pointers: dict[str, tuple[tuple[int, ...], Tensor]] = {}
+
+    def _launches(self, tensors: list[Tensor]) -> list[_Launch]:
+        device = tensors[0].device
+        key = (device, tuple((t.dtype, t.numel()) for t in tensors))
+        plan = self._plans.get(key)
+        if plan is None:
+            by_dtype: dict[torch.dtype, list[int]] = {}
+            for i, t in enumerate(tensors):
+                if t.numel() > 0:
+                    by_dtype.setdefault(t.dtype, []).append(i)
+            plan = []
+            for dtype, members in by_dtype.items():
+                numels = [tensors[i].numel() for i in members]
+                block_tensor, block_start, offsets = [], [], [0]
+                for k, n in enumerate(numels):
+                    starts = list(range(0, n, BLOCK))
+                    block_tensor += [k] * len(starts)
+                    block_start += starts
+                    offsets.append(offsets[-1] + len(starts))
+                plan.append(
+                    _Launch(
+                        members=members,
+                        dtype=_TL_DTYPES[dtype],
+                        numels=small_tensor(numels, device, torch.int64),
+                        block_tensor=small_tensor(block_tensor, device, torch.int32),
+                        block_start=small_tensor(block_start, device, torch.int64),
+                        block_offsets=small_tensor(offsets, device, torch.int64),
+                        blocks=len(block_tensor),
+                    )
+                )
+            self._plans[key] = plan
+        return plan
+
+    def _table(self, role: str, tensors: list[Tensor]) -> Tensor:
+        addresses = tuple(t.data_ptr() for t in tensors)
+        cached = self._pointers.get(role)
+        if cached is None or cached[0] != addresses:
+            cached = (addresses, small_tensor(list(addresses), tensors[0].device, torch.int64))
+            self._pointers[role] = cached
+        return cached[1]
+
+    def _tables(self, roles: dict[str, list[Tensor]], launch: _Launch, k: int) -> list[Tensor]:
+        return [
+            self._table(f"{role}{k}", [tensors[i] for i in launch.members])
+            for role, tensors in roles.items()
+        ]
+
+    def _sums(self, kernel: Any, roles: dict[str, list[Tensor]], hyper: Tensor, **meta) -> Tensor:
+        """Run a sums kernel over all tensors: [tensors, NCOL] fp32 (columns as the kernel)."""
+        first = next(iter(roles.values()))
+        device = first[0].device
+        rows = torch.zeros(len(first), NCOL, dtype=torch.float32, device=device)
+        for k, launch in enumerate(self._launches(first)):
+            partials = torch.empty(launch.blocks, NCOL, dtype=torch.float32, device=device)
+            kernel[(launch.blocks,)](
+                *self._tables(roles, launch, k),
+                launch.numels,
+                launch.block_tensor,
+                launch.block_start,
+                _select(hyper, launch.members, len(first)),
+                partials,
+                DTYPE=launch.dtype,
+                BLOCK=BLOCK,
+                NCOL=NCOL,
+                **meta,
+            )
+            out = torch.empty(len(launch.members), NCOL, dtype=torch.float32, device=device)
+            _segment_sum_kernel[(len(launch.members),)](
+                partials, launch.block_offsets, out, NCOL=NCOL, RBLOCK=RBLOCK
+            )
+            if len(launch.members) == len(first):
+                rows = out
+            else:
+                rows.index_copy_(0, small_tensor(launch.members, device, torch.long), out)
+        return rows
+
+    def _update(
+        self,
+        kernel: Any,
+        roles: dict[str, list[Tensor]],
+        hyper: Tensor,
+        weights: Tensor,
+        **meta,
+    ) -> None:
+        first = next(iter(roles.values()))
+        for k, launch in enumerate(self._launches(first)):
+            kernel[(launch.blocks,)](
+                *self._tables(roles, launch, k),
+                launch.numels,
+                launch.block_tensor,
+                launch.block_start,
+                _select(hyper, launch.members, len(first)),
+                _select(weights, launch.members, len(first)),
+                DTYPE=launch.dtype,
+                BLOCK=BLOCK,
+                **meta,
+            )
+
+    # ---- AM-AdamW ------------------------------------------------------------------------
+    def am_adamw_sums(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        moms: list[Tensor],
+        second: list[Tensor],
+        hyper: Tensor,
+        with_decay: bool,
+    ) -> Tensor:
+        """hyper: [tensors, 4] fp32 (beta2, eps sqrt(1 - beta2^t), decay, step size).
+        Columns: ||g||_P^2, <g, d>_P, ||d||_P^2 (times sqrt(1 - beta2^t) gives the metric of
+        ALGORITHM.md), <g, x>, ||g||^2."""
+        roles = dict(g=grads, m=moms, v=second, x=params)
+        return self._sums(_am_adamw_sums_kernel, roles, hyper, WITH_DECAY=with_decay)
+
+    def am_adamw_update(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        moms: list[Tensor],
+        second: list[Tensor],
+        hyper: Tensor,
+        weights: Tensor,
+    ) -> None:
+        """v <- beta2 v + (1 - beta2) g^2; m_hat <- lerp(m_hat, g, w);
+        x <- decay x + step m_hat / (sqrt(v) + eps sqrt(1 - beta2^t))."""
+        roles = dict(g=grads, m=moms, v=second, x=params)
+        self._update(_am_adamw_update_kernel, roles, hyper, weights)
+
+    # ---- AM-SGD --------------------------------------------------------------------------
+    def am_sgd_sums(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        bufs: list[Tensor],
+        hyper: Tensor,
+        with_decay: bool,
+    ) -> Tensor:
+        """hyper: [tensors, 2] fp32 (weight decay, -lr). Columns of the effective gradient
+        g = grad + wd x: ||g||^2, <g, d>, ||d||^2, 0, ||g||^2."""
+        roles = dict(g=grads, d=bufs, x=params)
+        return self._sums(_am_sgd_sums_kernel, roles, hyper, WITH_DECAY=with_decay)
+
+    def am_sgd_update(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        bufs: list[Tensor],
+        hyper: Tensor,
+        weights: Tensor,
+        with_decay: bool,
+    ) -> None:
+        """d <- lerp(d, grad + wd x, w); x <- x - lr d."""
+        roles = dict(g=grads, d=bufs, x=params)
+        self._update(_am_sgd_update_kernel, roles, hyper, weights, WITH_DECAY=with_decay)
+
+
+def _select(values: Tensor, members: list[int], total: int) -> Tensor:
+    """The rows of `values` for one launch (all of it when the launch covers every tensor)."""
+    if len(members) == total:
+        return values.contiguous()
+    return values.index_select(0, small_tensor(members, values.device, torch.long)).contiguous()

@@ -1,0 +1,180 @@
+"""The fused (Triton) step against the foreach step.
+
+On a GPU the kernels are compiled; elsewhere they run in Triton's interpreter on CPU tensors
+(tests/conftest.py sets TRITON_INTERPRET=1 when there is no GPU)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from amm.optim import AMSGD, AMAdamW, NonFiniteGradientError
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _model(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(40, 96), nn.Tanh(), nn.Linear(96, 3)).to(DEVICE, dtype)
+
+
+def _train(model, opt, steps, seed=1, lrs=None):
+    gen = torch.Generator().manual_seed(seed)
+    betas = []
+    for t in range(steps):
+        if lrs is not None:
+            for group in opt.param_groups:
+                group["lr"] = lrs[t]
+        x = torch.randn(16, 40, generator=gen).to(DEVICE, next(model.parameters()).dtype)
+        opt.zero_grad()
+        model(x).float().square().mean().backward()
+        opt.step()
+        if opt.last_beta is not None:
+            betas.append(opt.last_beta.clone())
+    return betas
+
+
+def _groups(model, lr2):
+    return [
+        {"params": list(model[0].parameters())},
+        {"params": list(model[2].parameters()), "lr": lr2, "weight_decay": 0.0},
+    ]
+
+
+VARIANTS = [
+    dict(),
+    dict(weight_decay=0.05),
+    dict(beta_scope="per-tensor"),
+    dict(beta_scope="per-group"),
+    dict(beta_min=0.5, restart_below=0.7),
+    dict(frozen_beta=0.8),
+    dict(nonfinite="off", lam=0.2),
+]
+
+
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize(
+    "variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default"
+)
+def test_fused_equals_foreach(cls, variant):
+    lrs = [0.02 * (0.8**t) for t in range(8)]  # a schedule: the eta_{t-1}/eta_t ratio
+    results = {}
+    for fused in (False, True):
+        model = _model()
+        opt = cls(_groups(model, 0.01), lr=0.02, fused=fused, **variant)
+        betas = _train(model, opt, 8, lrs=lrs)
+        results[fused] = (model, opt, betas)
+    (m1, o1, b1), (m2, o2, b2) = results[False], results[True]
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        for a, b in zip(o1._state_tensors(o1.state[p]), o2._state_tensors(o2.state[q])):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert len(b1) == len(b2)
+    for a, b in zip(b1, b2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+def test_fused_mixed_dtypes_and_low_precision(cls):
+    """bf16 and fp32 tensors in one optimizer (one launch per dtype, sums in fp32): the fused
+    step is as close to an all-fp32 run as the foreach step is. Gradients are fixed, so the
+    rounding differences do not feed back through them."""
+    gen = torch.Generator().manual_seed(0)
+    w0, b0 = torch.randn(64, 32, generator=gen), torch.randn(50, generator=gen)
+    grads = [(torch.randn(64, 32, generator=gen), torch.randn(50, generator=gen)) for _ in range(6)]
+    results = {}
+    for name, low, fused in (("fp32", torch.float32, False), ("foreach", torch.bfloat16, False),
+                             ("fused", torch.bfloat16, True)):  # fmt: skip
+        w = nn.Parameter(w0.to(DEVICE, low))
+        b = nn.Parameter(b0.to(DEVICE))
+        opt = cls([w, b], lr=0.02, fused=fused)
+        for gw, gb in grads:
+            w.grad, b.grad = gw.to(DEVICE, low), gb.to(DEVICE)
+            opt.step()
+        results[name] = (w.detach().float(), b.detach(), opt.last_beta)
+    assert results["fused"][2].dtype == torch.float32
+    ref = results["fp32"]
+    # Triton's interpreter rounds fp32 -> bf16 toward zero (GPUs round to nearest even), a
+    # bias that accumulates over the steps: a looser bound there
+    slack = 1e-3 if DEVICE == "cuda" else 5e-3
+    for k in range(3):
+        err_fused = (results["fused"][k] - ref[k]).abs().max().item()
+        err_foreach = (results["foreach"][k] - ref[k]).abs().max().item()
+        assert err_fused <= 1.5 * err_foreach + slack, (k, err_fused, err_foreach)
+
+
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+def test_fused_is_deterministic_and_resumes_bit_identically(cls):
+    def run(split=None):
+        model = _model()
+        opt = cls(model.parameters(), lr=0.02, fused=True)
+        gen = torch.Generator().manual_seed(3)
+        for t in range(8):
+            if t == split:
+                saved = copy.deepcopy((model.state_dict(), opt.state_dict()))
+                model = _model(seed=5)
+                model.load_state_dict(saved[0])
+                opt = cls(model.parameters(), lr=0.02, fused=True)
+                opt.load_state_dict(saved[1])
+            x = torch.randn(16, 40, generator=gen).to(DEVICE)
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()], opt.last_beta
+
+    (a, ba), (b, bb), (c, bc) = run(), run(), run(split=4)
+    assert all(torch.equal(x, y) and torch.equal(x, z) for x, y, z in zip(a, b, c))
+    assert torch.equal(ba, bb) and torch.equal(ba, bc)
+
+
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+def test_fused_nonfinite_gradient_raises_or_skips_leaving_state_untouched(cls):
+    model = _model()
+    for policy in ("raise", "skip"):
+        opt = cls(model.parameters(), lr=0.02, fused=True, nonfinite=policy)
+        _train(model, opt, 2)
+        before = copy.deepcopy(opt.state_dict()["state"])
+        weights = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        model(torch.randn(4, 40, device=DEVICE)).square().mean().backward()
+        model[2].bias.grad[1] = float("nan")
+        if policy == "raise":
+            with pytest.raises(NonFiniteGradientError, match=r"\[2\]|shape \[3\]"):
+                opt.step()
+        else:
+            opt.step()
+        after = opt.state_dict()["state"]
+        for k, st in before.items():
+            for key, value in st.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(value, after[k][key]), (policy, key)
+        assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters()))
+
+
+def test_fused_bad_input_is_a_clear_error():
+    model = _model()
+    with pytest.raises(ValueError, match="fused=True and foreach=True"):
+        AMAdamW(model.parameters(), fused=True, foreach=True)
+    p = nn.Parameter(torch.zeros(4, 4, dtype=torch.float64, device=DEVICE))
+    opt = AMSGD([p], lr=0.1, fused=True)
+    p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match="fused=True.*float64"):
+        opt.step()
+    q = nn.Parameter(torch.zeros(6, 4, device=DEVICE).t())  # a transposed view: not dense rows
+    opt = AMSGD([q], lr=0.1, fused=True)
+    q.grad = torch.ones_like(q)
+    with pytest.raises(RuntimeError, match="not dense"):
+        opt.step()
+
+
+def test_fused_runs_where_triton_can():
+    import amm.optim.fused as fused
+
+    assert DEVICE == "cuda" or fused.interpreting(), "tests/conftest.py sets TRITON_INTERPRET=1"
+    cpu = [(torch.zeros(2), torch.zeros(2), torch.zeros(2))]
+    if not fused.interpreting():
+        assert "CUDA" in fused.unsupported_reason(cpu)
