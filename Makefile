@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/libsvm),)
 export AMM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help venv demo test lint bench-optim sweep clean
+.PHONY: help venv demo test lint bench bench-optim bench-train sweep clean
 .DEFAULT_GOAL := help
 
 help:
@@ -22,7 +22,7 @@ help:
 	@echo "make lint                 ruff check + ruff format --check"
 	@echo "make figure3 SCALE=...    reproduce an artifact (smoke | reduced | paper)"
 	@echo "make sweep EXP=figure4 SCALE=paper CLUSTER=slurm   the same, the jobs on SLURM"
-	@echo "make bench-optim          optimizer step benchmark"
+	@echo "make bench                optimizer-step table + Table 2 end to end (bench-optim, bench-train)"
 	@echo "make clean                remove runs/ and caches (keeps results/ and .venv)"
 
 venv: $(STAMP)
@@ -43,8 +43,14 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# Benchmarks, not tests: results/bench_optim/ and results/bench_train/ (per device type).
+bench: bench-optim bench-train
+
 bench-optim: $(STAMP)
-	$(PY) scripts/bench_optim.py
+	$(PY) scripts/bench_optim.py $(ARGS)
+
+bench-train: $(STAMP)
+	$(PY) scripts/bench_train.py $(ARGS)
 
 # Artifacts: `make figure1`, `make table2`, ... run configs/experiment/<name>.yaml and
 # amm/artifacts/<name>.py at $(SCALE), writing results/<name>/$(SCALE)/. ARGS: more overrides.

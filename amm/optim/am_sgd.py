@@ -259,6 +259,7 @@ class AMSGD(AdaptiveMemoryOptimizer):
         if prep.fused is not None:
             self._update_fused(ts, prep.fused, bufs, beta)
             return
+        params_done = False  # the CPU fused kernel below also updates the parameters
         first = [i for i, b in enumerate(beta) if b is None]
         frozen = [i for i, b in enumerate(beta) if isinstance(b, float)]
         adaptive = [i for i, b in enumerate(beta) if isinstance(b, Tensor)]
@@ -280,7 +281,28 @@ class AMSGD(AdaptiveMemoryOptimizer):
                 lam, Tensor
             )
             same_dtype = all(d.dtype == w.dtype for d in bufs_a)
-            if foreach and one_weight and same_dtype and len(set(map(str, thr))) == 1:
+            one_weight = foreach and one_weight and same_dtype and len(set(map(str, thr))) == 1
+            fast = one_weight and _cpu_fused_sgd_applies(bufs_a, len(adaptive) == len(ts.params))
+            # (w is read on the host only for CPU tensors: no device sync)
+            if fast and float(w[0]) < 1.0:  # w = 1 (a restart): torch wants no momentum then
+                # CPU, global beta: torch's fused CPU SGD kernel updates d and x in one pass,
+                # d <- (1 - w) d + w g, x <- x - lr d
+                w_host = float(w[0])
+                for gid, members in _by_group(ts.group_ids).items():
+                    torch._fused_sgd_(
+                        [ts.params[i] for i in members],
+                        [grads[i] for i in members],
+                        [bufs[i] for i in members],
+                        weight_decay=0.0,  # the grads are effective already (coupled decay)
+                        momentum=1.0 - w_host,
+                        lr=groups[gid]["lr"],
+                        dampening=1.0 - w_host,
+                        nesterov=False,
+                        maximize=False,
+                        is_first_step=False,
+                    )
+                params_done = True
+            elif one_weight:
                 torch._foreach_lerp_(bufs_a, grads_a, w[0])  # global beta: one scalar
             else:
                 weights = [w_i.to(d.dtype) for w_i, d in zip(w.unbind(), bufs_a)]
@@ -307,7 +329,7 @@ class AMSGD(AdaptiveMemoryOptimizer):
                 self._forget_sq([ts.states[i] for i in first])
         self._forget_sq([ts.states[i] for i in frozen])
 
-        for gid, members in _by_group(ts.group_ids).items():
+        for gid, members in ({} if params_done else _by_group(ts.group_ids)).items():
             lr = groups[gid]["lr"]
             p, d = [ts.params[i] for i in members], [bufs[i] for i in members]
             if foreach:
@@ -375,6 +397,15 @@ class _FusedRows:
     rows: Tensor
     hyper: Tensor
     with_decay: bool
+
+
+def _cpu_fused_sgd_applies(bufs: list[Tensor], every_tensor: bool) -> bool:
+    """torch's fused CPU SGD step fits: every tensor takes the same beta, all on the CPU."""
+    return (
+        every_tensor
+        and hasattr(torch, "_fused_sgd_")
+        and all(d.device.type == "cpu" and d.dtype in (torch.float32, torch.float64) for d in bufs)
+    )
 
 
 def _copy(dst: list[Tensor], src: list[Tensor], foreach: bool) -> None:
