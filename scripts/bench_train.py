@@ -21,12 +21,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from bench_optim import git_sha, machine, sync
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from amm.optim import build_optimizer
 from amm.trainer import autocast_context, take_step
-from bench_optim import git_sha, machine, sync
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 

@@ -1,7 +1,8 @@
 """Machinery shared by AM-SGD and AM-AdamW: param groups, the scope of beta, the plane bias,
 learning-rate ratios, non-finite gradients and sharded parameters.
 
-A step has three phases; subclasses implement the math of each (single-tensor and foreach):
+A step has three phases; subclasses implement the math of each (single-tensor, foreach, and
+fused: with `fused=True` phases 1-2 are one read-only Triton pass and 3 another, see fused.py):
   1. prepare: effective gradients (AM-SGD: coupled weight decay) and the metric
      (AM-AdamW: the new second moment and the denominator sqrt(v) + eps);
   2. sums: per tensor, [<g + lam d, g - d>, ||g - d||^2, <g, d>, <g, x>] in the metric, in fp32

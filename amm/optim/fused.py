@@ -18,6 +18,11 @@ x when weight decay needs <g, x>), pass 2 reads g, m, v, x and writes m, v, x: 1
 against fused AdamW's 7. AM-SGD: pass 1 reads g, d (and x with coupled decay), pass 2 reads
 g, d, x and writes d, x: 7 (8) passes against SGD-momentum's 5.
 
+Per-tensor beta uses the same two passes: a tensor's beta needs that tensor's sums before any
+of its elements can be updated, so one pass would have to hold the whole tensor on chip, and
+LLaMA's weight matrices (with g, m, v: 67-180 MB each at 1B) are larger than the GPU's
+registers and L2 together. Its cost is therefore that of the global beta, not AdamW's 7 passes.
+
 Runs on CUDA tensors with Triton; on the CPU only in Triton's interpreter
 (TRITON_INTERPRET=1, which the tests use to check fused == foreach without a GPU).
 """
