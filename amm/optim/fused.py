@@ -111,7 +111,7 @@ if triton is not None:
     def _adam_metric(g, v, mask, beta2, eps):
         """The new second moment and 1 / (sqrt(v) + eps), IEEE-rounded like torch's ops."""
         v = beta2 * v + (1.0 - beta2) * g * g
-        inv = tl.div_rn(1.0, tl.sqrt_rn(v) + eps)
+        inv = tl.div_rn(tl.zeros_like(v) + 1.0, tl.sqrt_rn(v) + eps)  # both operands blocks
         return v, tl.where(mask, inv, 0.0)
 
     @triton.jit
@@ -201,7 +201,8 @@ if triton is not None:
         acc = tl.zeros([RBLOCK, NCOL], dtype=tl.float32)
         for start in tl.range(lo, hi, RBLOCK):
             r = start + rows
-            acc += tl.load(partials + r[:, None] * NCOL + cols[None, :], mask=(r < hi)[:, None])
+            rows_in = (r < hi)[:, None]
+            acc += tl.load(partials + r[:, None] * NCOL + cols[None, :], mask=rows_in, other=0.0)
         tl.store(out + t * NCOL + cols, tl.sum(acc, axis=0))
 
 

@@ -1,0 +1,53 @@
+"""Compile every fused kernel for an H100/H200 (sm_90) without a GPU: Triton's compiler runs on
+the CPU, so type and lowering errors that Triton's interpreter lets pass show up here.
+Run by tests/test_optim_fused.py in a process without TRITON_INTERPRET."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+import amm.optim.fused as fused
+
+TABLE = "*i64"  # pointer tables: int64 addresses
+BLOCKS = dict(numels="*i64", block_tensor="*i32", block_start="*i64", hyper="*fp32")
+
+
+def compile_kernel(fn, signature: dict[str, str], constexprs: dict[str, object]) -> int:
+    signature = {**signature, **dict.fromkeys(constexprs, "constexpr")}
+    consts = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
+    kernel = triton.compile(
+        ASTSource(fn=fn, signature=signature, constexprs=consts), target=GPUTarget("cuda", 90, 32)
+    )
+    return len(kernel.asm["ptx"])
+
+
+def main() -> None:
+    adamw = dict(g_tab=TABLE, m_tab=TABLE, v_tab=TABLE, x_tab=TABLE, **BLOCKS)
+    sgd = dict(g_tab=TABLE, d_tab=TABLE, x_tab=TABLE, **BLOCKS)
+    sums, update = dict(partials="*fp32"), dict(weights="*fp32")
+    for dtype in (tl.float32, tl.bfloat16, tl.float16):
+        for decay in (True, False):
+            reduce = dict(DTYPE=dtype, WITH_DECAY=decay, BLOCK=fused.BLOCK, NCOL=fused.NCOL)
+            compile_kernel(fused._am_adamw_sums_kernel, {**adamw, **sums}, reduce)
+            compile_kernel(fused._am_sgd_sums_kernel, {**sgd, **sums}, reduce)
+            compile_kernel(
+                fused._am_sgd_update_kernel,
+                {**sgd, **update},
+                dict(DTYPE=dtype, WITH_DECAY=decay, BLOCK=fused.BLOCK),
+            )
+        compile_kernel(
+            fused._am_adamw_update_kernel, {**adamw, **update}, dict(DTYPE=dtype, BLOCK=fused.BLOCK)
+        )
+    compile_kernel(
+        fused._segment_sum_kernel,
+        dict(partials="*fp32", block_offsets="*i64", out="*fp32"),
+        dict(NCOL=fused.NCOL, RBLOCK=fused.RBLOCK),
+    )
+    print("compiled all fused kernels for sm_90")
+
+
+if __name__ == "__main__":
+    main()
