@@ -185,6 +185,11 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
 
     # ---- the step loop ---------------------------------------------------------------------
     max_steps, log_every = int(tcfg.max_steps), int(tcfg.log_every)
+    accumulate = int(tcfg.accumulate_grad_batches)
+    if accumulate < 1:
+        raise ValueError(
+            f"trainer.accumulate_grad_batches={accumulate}: use 1 (no accumulation) or more"
+        )
     eval_every, ckpt_every = int(tcfg.eval_every or 0), int(tcfg.checkpoint_every or 0)
     batches = batch_stream(data, epoch, batch_idx, rank, world_size)
     bar = tqdm(total=max_steps, initial=step, disable=not (is_main and tcfg.progress))
@@ -192,10 +197,14 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
     t0 = time.perf_counter()
     with StopFlag() as stop:
         while step < max_steps:
-            epoch, i, batch = next(batches)
-            batch = to_device(batch, device, dtype)
+            micro_batches = []
+            for _ in range(accumulate):
+                epoch, i, batch = next(batches)
+                micro_batches.append(to_device(batch, device, dtype))
 
-            loss, metrics = take_step(model, optimizer, batch, autocast, tcfg.grad_clip, world_size)
+            loss, metrics = take_step(
+                model, optimizer, micro_batches, autocast, tcfg.grad_clip, world_size
+            )
             scheduler.step()
             step, batch_idx = step + 1, i + 1
             pending.append(beta_stats())
@@ -376,27 +385,36 @@ def to_device(batch: Any, device: torch.device, dtype: torch.dtype | None) -> An
 def take_step(
     model: nn.Module,
     optimizer: Any,
-    batch: Any,
+    micro_batches: list[Any],
     autocast: Any,
     grad_clip: float | None,
     world_size: int,
 ) -> tuple[Tensor, dict[str, Any]]:
-    """One optimizer update on ``batch``; returns the (local) loss and metrics before it.
+    """One optimizer update on the gradients of ``micro_batches``; returns the (local) loss and
+    metrics before it, averaged over the micro-batches.
+
+    With k micro-batches (``trainer.accumulate_grad_batches``) each loss is weighted 1/k, so the
+    update is the one of a batch k times as large (micro-batches of equal size); under DDP/FSDP
+    the gradients are synchronised once, on the last micro-batch.
 
     Optimizers that need the loss (``needs_closure``: exact plane bias, oracle) get a closure
     that recomputes loss and gradients; the first call's outputs are returned. Under DDP the
     closure returns the loss averaged over ranks, like the gradients: an optimizer that used
     its rank's loss would compute a different beta, and the replicas would drift apart.
     """
+    k = len(micro_batches)
 
     def forward_backward() -> tuple[Tensor, dict[str, Any]]:
         optimizer.zero_grad(set_to_none=True)
-        with torch.enable_grad(), autocast:  # optimizers call closures under no_grad
-            loss, metrics = model(batch)
-            loss.backward()
+        outputs = []
+        for j, batch in enumerate(micro_batches):
+            with gradient_sync(model, j == k - 1), torch.enable_grad(), autocast:
+                loss, metrics = model(batch)  # (optimizers call closures under no_grad)
+                (loss / k if k > 1 else loss).backward()
+            outputs.append((loss, metrics))
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
-        return loss, metrics
+        return outputs[0] if k == 1 else average_outputs(outputs)
 
     if not getattr(optimizer, "needs_closure", False):
         outputs = forward_backward()
@@ -416,6 +434,25 @@ def take_step(
 
     optimizer.step(closure)
     return calls[0]
+
+
+def gradient_sync(model: nn.Module, enabled: bool) -> Any:
+    """Context of one micro-batch's backward: DDP and FSDP2 reduce gradients only if enabled."""
+    if isinstance(model, DDP):
+        return nullcontext() if enabled else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: the reduce-scatter waits too
+        model.set_requires_gradient_sync(enabled)
+    return nullcontext()
+
+
+def average_outputs(outputs: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, dict[str, Any]]:
+    """Mean loss and tensor metrics of the micro-batches (other metrics: the last one's)."""
+    loss = torch.stack([loss.detach() for loss, _ in outputs]).mean()
+    metrics = dict(outputs[-1][1])
+    for name, value in metrics.items():
+        if isinstance(value, Tensor):
+            metrics[name] = torch.stack([m[name].detach() for _, m in outputs]).mean()
+    return loss, metrics
 
 
 def make_record(

@@ -75,7 +75,7 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
             for batch in batches:
                 sync(device)
                 start = time.perf_counter()
-                take_step(model, opt, batch, autocast, None, 1)
+                take_step(model, opt, [batch], autocast, None, 1)
                 sync(device)
                 if round_ > 0:
                     times.append(time.perf_counter() - start)

@@ -160,6 +160,23 @@ def test_fsdp_two_ranks_equal_one_and_the_checkpoint_resumes_on_one(tmp_path: Pa
     assert_close_to(single, metrics(run_dir))
 
 
+def test_fsdp_accumulating_two_full_batches_equals_one_process(tmp_path: Path) -> None:
+    """FSDP2 with trainer.accumulate_grad_batches=2 (reduce-scatter on the second micro-batch
+    only): each micro-batch is the rank's full shard, so the updates are the single-process ones."""
+    args = [*BREAST_CANCER, "trainer.max_steps=15"]
+    single = reference_run(tmp_path, args)
+    run_dir = tmp_path / "fsdp"
+    cmd = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        *("-m", "amm.run", *args, "trainer.distributed=fsdp", "trainer.progress=false"),
+        *("trainer.accumulate_grad_batches=2", f"hydra.run.dir={run_dir}"),
+    ]
+    env = subprocess_env(tmp_path, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_close_to(single, metrics(run_dir))
+
+
 # ---- SLURM -----------------------------------------------------------------------------------
 
 

@@ -292,6 +292,40 @@ def test_run_stopped_by_max_steps_then_extended_matches_uninterrupted(
     assert extended["loss"] == reference["loss"] and extended["eval_loss"] == reference["eval_loss"]
 
 
+# AM-SGD without clipping: its step scales with the gradient (AM-AdamW's hardly does)
+AM_SGD_RUN = [
+    *(o for o in RUN if not o.startswith(("experiment", "optimizer"))),
+    "dataset=c4_sample",
+    "dataset.seq_len=32",
+    "dataset.eval_tokens=128",
+    "optimizer=am_sgd",
+    "optimizer.lr=0.5",
+]
+
+
+@pytest.mark.parametrize("run", [RUN, AM_SGD_RUN], ids=["am_adamw", "am_sgd"])
+def test_accumulated_micro_batches_equal_one_large_batch(
+    tmp_path: Path, data_dir_env: Path, run: list[str]
+) -> None:
+    """trainer.accumulate_grad_batches=2 at batch 2 takes the updates of batch 4: the stream is
+    the same blocks in the same order, and the losses are weighted 1/2."""
+    large = [*run, "trainer.max_steps=4", "dataset.batch_size=4"]
+    train(compose_config(large), tmp_path / "large")
+    accumulated = [*large, "dataset.batch_size=2", "trainer.accumulate_grad_batches=2"]
+    train(compose_config(accumulated), tmp_path / "accumulated")
+    expected, got = metrics(tmp_path / "large"), metrics(tmp_path / "accumulated")
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    for a, b in zip(expected, got, strict=True):
+        for key in ("loss", "beta", "eval_loss"):
+            assert (key in a) == (key in b)
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4), (a["step"], key)
+    # and not the run of batch 2 without accumulation
+    train(compose_config([*large, "dataset.batch_size=2"]), tmp_path / "small")
+    small = [r["loss"] for r in metrics(tmp_path / "small")]
+    assert small != pytest.approx([r["loss"] for r in got], rel=1e-3)
+
+
 def reproduce(artifact: str, cwd: Path, shared_data: Path, *extra: str) -> str:
     cmd = [sys.executable, "-m", "amm.reproduce", artifact, "--scale", "smoke", *extra]
     env = subprocess_env(cwd, AMM_DATA_DIR=str(shared_data))

@@ -422,12 +422,13 @@ def test_amp_grad_scaler(cls):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_torch_compile_step_matches_eager():
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+def test_torch_compile_step_matches_eager(cls):
     torch.manual_seed(0)
     model = nn.Linear(8, 4)
     twin = copy.deepcopy(model)
-    o1 = AMAdamW(model.parameters(), lr=0.01, nonfinite="off")
-    o2 = AMAdamW(twin.parameters(), lr=0.01, nonfinite="off")
+    o1 = cls(model.parameters(), lr=0.01, nonfinite="off")
+    o2 = cls(twin.parameters(), lr=0.01, nonfinite="off")
     compiled_step = torch.compile(o2.step)
     for _ in range(4):
         x = torch.randn(16, 8)

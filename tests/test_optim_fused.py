@@ -159,6 +159,21 @@ def test_fused_nonfinite_gradient_raises_or_skips_leaving_state_untouched(cls):
         assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters()))
 
 
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+def test_fused_step_under_torch_compile_equals_eager(cls):
+    """torch.compile(opt.step) runs the kernel launches eagerly (compiler.disable) and traces the
+    rest; it used to fail (the kernels object created inside the traced step was lost)."""
+    model = _model()
+    twin = copy.deepcopy(model)
+    eager = cls(model.parameters(), lr=0.01, nonfinite="off", fused=True)
+    compiled = cls(twin.parameters(), lr=0.01, nonfinite="off", fused=True)
+    _train(model, eager, steps=4)
+    compiled.step = torch.compile(compiled.step)
+    _train(twin, compiled, steps=4)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 def test_fused_bad_input_is_a_clear_error():
     model = _model()
     with pytest.raises(ValueError, match="fused=True and foreach=True"):

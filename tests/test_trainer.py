@@ -187,8 +187,11 @@ def test_hard_kill_resume_drops_records_after_the_checkpoint(
     assert metrics(run_dir) == metrics(quadratic_reference)
 
 
-def test_torchrun_two_processes_equal_one(tmp_path: Path) -> None:
-    """DDP on 2 CPU processes (gloo; each rank gets half the rows) matches one process."""
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_torchrun_two_processes_equal_one(tmp_path: Path, accumulate: int) -> None:
+    """DDP on 2 CPU processes (gloo; each rank gets half the rows) matches one process. The
+    batches are full (each rank's shard), so accumulating 2 of them (gradient sync on the second
+    only, losses / 2) must give the same updates too."""
     args = [*BREAST_CANCER, "trainer.max_steps=15"]
     env = subprocess_env(tmp_path)
     run_amm(*args, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path, env=env)
@@ -201,6 +204,7 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path) -> None:
         "-m",
         "amm.run",
         *args,
+        f"trainer.accumulate_grad_batches={accumulate}",
         f"hydra.run.dir={tmp_path / 'ddp'}",
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)

@@ -175,7 +175,12 @@ class AdaptiveMemoryOptimizer(Optimizer):
         self.nonfinite = nonfinite
         self.foreach = foreach
         self.fused = bool(fused)
+        # created here, not in step(): torch.compile would trace the creation and lose it
         self._fused_kernels: Any = None
+        if self.fused:
+            from amm.optim.fused import FusedKernels
+
+            self._fused_kernels = FusedKernels()
         self.process_group = process_group
         self._last_beta: Tensor | None = None
         self._scratch_cache: dict[str, list[Tensor]] = {}
@@ -318,7 +323,7 @@ class AdaptiveMemoryOptimizer(Optimizer):
     def _use_fused(self, ts: StepTensors) -> bool:
         if not self.fused:
             return False
-        from amm.optim.fused import FusedKernels, unsupported_reason
+        from amm.optim.fused import unsupported_reason
 
         per_tensor = [
             (p, g, *(_local(t) for t in self._state_tensors(st)))
@@ -327,8 +332,6 @@ class AdaptiveMemoryOptimizer(Optimizer):
         reason = unsupported_reason(per_tensor)
         if reason is not None:
             raise RuntimeError(f"{type(self).__name__}(fused=True): {reason}")
-        if self._fused_kernels is None:
-            self._fused_kernels = FusedKernels()
         return True
 
     def _reduce_group(self, ts: StepTensors) -> Any:

@@ -400,9 +400,11 @@ class _FusedRows:
 
 
 def _cpu_fused_sgd_applies(bufs: list[Tensor], every_tensor: bool) -> bool:
-    """torch's fused CPU SGD step fits: every tensor takes the same beta, all on the CPU."""
+    """torch's fused CPU SGD step fits: every tensor takes the same beta, all on the CPU, and
+    not under torch.compile (the op has no fake kernel for tracing; the foreach ops do)."""
     return (
         every_tensor
+        and not torch.compiler.is_compiling()
         and hasattr(torch, "_fused_sgd_")
         and all(d.device.type == "cpu" and d.dtype in (torch.float32, torch.float64) for d in bufs)
     )

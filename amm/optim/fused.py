@@ -273,6 +273,9 @@ class FusedKernels:
             for role, tensors in roles.items()
         ]
 
+    # torch.compile runs the launches eagerly (a graph break): Dynamo cannot trace the pointer
+    # tables or Triton's launcher, and the kernels are already fused.
+    @torch.compiler.disable
     def _sums(self, kernel: Any, roles: dict[str, list[Tensor]], hyper: Tensor, **meta) -> Tensor:
         """Run a sums kernel over all tensors: [tensors, NCOL] fp32 (columns as the kernel)."""
         first = next(iter(roles.values()))
@@ -302,6 +305,7 @@ class FusedKernels:
                 rows.index_copy_(0, small_tensor(launch.members, device, torch.long), out)
         return rows
 
+    @torch.compiler.disable
     def _update(
         self,
         kernel: Any,
