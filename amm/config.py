@@ -19,6 +19,18 @@ SCALES = ("smoke", "reduced", "paper")
 _MAX_DIRNAME = 120
 
 
+def require_config_dir(config_dir: Path = CONFIG_DIR) -> None:
+    """The suite's commands read the Hydra configs of a clone of the repository; a plain
+    `pip install` ships the library (amm.optim, ...) without them: say so, and what to do."""
+    if not (config_dir / "config.yaml").is_file():
+        raise SystemExit(
+            f"amm: no Hydra configs at {config_dir}. The training and reproduction commands run "
+            "from a clone of the amm repository, installed in place: git clone <amm repository>; "
+            "cd amm; make demo (or pip install -e .). The optimizers alone need no configs: "
+            "from amm.optim import AMAdamW."
+        )
+
+
 def by_scale(smoke: Any, reduced: Any, paper: Any, *, _root_: DictConfig) -> Any:
     """``${by_scale:a,b,c}``: the value for the selected ``scale`` option."""
     return {"smoke": smoke, "reduced": reduced, "paper": paper}[_root_.scale.name]

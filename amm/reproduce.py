@@ -33,7 +33,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from amm.config import CONFIG_DIR, SCALES
+from amm.config import CONFIG_DIR, SCALES, require_config_dir
 from amm.provenance import provenance
 
 
@@ -146,6 +146,7 @@ def reproduce(
 
 
 def main(argv: list[str] | None = None) -> None:
+    require_config_dir()
     parser = argparse.ArgumentParser(
         prog="python -m amm.reproduce", description=__doc__.split("\n\n")[0]
     )

@@ -16,7 +16,7 @@ from hydra.errors import (
 from omegaconf import OmegaConf
 from suite_helpers import EXPERIMENTS, compose_config, run_amm, subprocess_env
 
-from amm.config import CONFIG_DIR, SCALES, run_dirname
+from amm.config import CONFIG_DIR, SCALES, require_config_dir, run_dirname
 from amm.data.libsvm import DataNotFoundError
 from amm.optim import build_optimizer
 from amm.reproduce import available, expand_jobs, job_run_dirs, sweep_blocks
@@ -142,3 +142,9 @@ def test_cli_reports_unknown_dataset(tmp_path: Path) -> None:
     assert "Could not find 'dataset/nope'" in proc.stderr
     assert "breast_cancer" in proc.stderr  # Hydra lists the available options
     assert not (tmp_path / "runs").exists()
+
+
+def test_commands_without_the_configs_say_to_use_a_clone(tmp_path: Path) -> None:
+    require_config_dir()  # the repository's configs/
+    with pytest.raises(SystemExit, match="clone of the amm repository"):
+        require_config_dir(tmp_path)  # e.g. a wheel installed without the repository
