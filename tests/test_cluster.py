@@ -32,9 +32,17 @@ from amm.trainer import CHECKPOINT, train
 
 SCRIPT = REPO_ROOT / "scripts" / "slurm_local.sh"
 TEMPLATE = REPO_ROOT / "slurm" / "torchrun.sbatch"
-# Full-batch logistic regression whose beta changes every step (exact plane bias: the closure
-# path, with the loss all-reduced); rows are sharded over ranks, the weight (1, 30) too (FSDP).
-BREAST_CANCER = ["optimizer=am_sgd", "optimizer.plane_bias=exact"]
+# On the default problem (breast cancer, full-batch logistic regression) a beta that changes
+# every step (exact plane bias: the closure path, with the loss all-reduced); rows are sharded
+# over ranks.
+AM_SGD_EXACT = ["optimizer=am_sgd", "optimizer.plane_bias=exact"]
+# For FSDP: 3 classes (LIBSVM dna.scale, 2000 x 180, from the shared data folder), so both ranks
+# hold rows of the weight (3, 180) and beta needs the all-reduce of their partial sums (breast
+# cancer's weight (1, 30) would sit whole on rank 0, with nothing to complete).
+DNA = ["dataset=libsvm", "dataset.name=dna.scale"]
+# AM-SGD there at lr 1 (about 4 / L): beta takes 7 values in 15 steps (at 1 / L, from the
+# third step on it stays at 0.9).
+DNA_AM_SGD = [*AM_SGD_EXACT, *DNA, "optimizer.lr=1.0"]
 # A quadratic run of a second or two with frequent checkpoints, to be interrupted twice.
 QUADRATIC = [
     "experiment=figure1",
@@ -132,11 +140,13 @@ def reference_run(tmp_path: Path, overrides: list[str]) -> list[dict[str, Any]]:
 # ---- FSDP2 under torchrun (no SLURM) ---------------------------------------------------------
 
 
-def test_fsdp_two_ranks_equal_one_and_the_checkpoint_resumes_on_one(tmp_path: Path) -> None:
+def test_fsdp_two_ranks_equal_one_and_the_checkpoint_resumes_on_one(
+    tmp_path: Path, shared_data: Path
+) -> None:
     """FSDP2 on 2 CPU processes (gloo) with AM-SGD: its beta is the single-process beta (the
     optimizer all-reduces the sums of its shards); stopped by SIGTERM after a checkpoint, the
     run resumes in ONE process from the world-size-2 DCP checkpoint to the same metrics."""
-    args = [*BREAST_CANCER, "trainer.max_steps=100", "trainer.checkpoint_every=5"]
+    args = [*DNA_AM_SGD, "trainer.max_steps=100", "trainer.checkpoint_every=5"]
     single = reference_run(tmp_path, args)
     run_dir = tmp_path / "fsdp"
     fsdp = [*args, "trainer.distributed=fsdp", "trainer.progress=false"]
@@ -160,21 +170,50 @@ def test_fsdp_two_ranks_equal_one_and_the_checkpoint_resumes_on_one(tmp_path: Pa
     assert_close_to(single, metrics(run_dir))
 
 
-def test_fsdp_accumulating_two_full_batches_equals_one_process(tmp_path: Path) -> None:
-    """FSDP2 with trainer.accumulate_grad_batches=2 (reduce-scatter on the second micro-batch
-    only): each micro-batch is the rank's full shard, so the updates are the single-process ones."""
-    args = [*BREAST_CANCER, "trainer.max_steps=15"]
-    single = reference_run(tmp_path, args)
+def run_fsdp(tmp_path: Path, args: list[str], **env: str) -> list[dict[str, Any]]:
+    """Metrics of a 2-rank FSDP2 run under torchrun."""
     run_dir = tmp_path / "fsdp"
     cmd = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
         *("-m", "amm.run", *args, "trainer.distributed=fsdp", "trainer.progress=false"),
-        *("trainer.accumulate_grad_batches=2", f"hydra.run.dir={run_dir}"),
+        f"hydra.run.dir={run_dir}",
     ]
-    env = subprocess_env(tmp_path, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    proc_env = subprocess_env(tmp_path, OMP_NUM_THREADS="1", **env)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=proc_env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert_close_to(single, metrics(run_dir))
+    return metrics(run_dir)
+
+
+def test_fsdp_accumulating_two_full_batches_equals_one_process(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """FSDP2 with trainer.accumulate_grad_batches=2 (reduce-scatter on the second micro-batch
+    only): each micro-batch is the rank's full shard, so the updates are the single-process ones."""
+    args = [*DNA_AM_SGD, "trainer.max_steps=15"]
+    single = reference_run(tmp_path, args)
+    assert_close_to(single, run_fsdp(tmp_path, [*args, "trainer.accumulate_grad_batches=2"]))
+
+
+def test_fsdp_with_the_fused_step_equals_one_process(tmp_path: Path, shared_data: Path) -> None:
+    """AM-AdamW's fused passes on FSDP2's DTensor shards (fp32; on a CPU in Triton's
+    interpreter): per-shard partial sums, one all-reduce, then the same beta as one process
+    (to 1e-4: fp32 sums in another order, and beta is a ratio of differences of them)."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("CPU shards need Triton's interpreter, which is set only without a GPU")
+    args = [
+        *(*DNA, "trainer.progress=false", "optimizer=am_adamw", "optimizer.lr=0.05"),
+        *("trainer.max_steps=15", "trainer.dtype=float32"),
+    ]
+    single = reference_run(tmp_path, args)  # the foreach step
+    fused = run_fsdp(tmp_path, [*args, "optimizer.fused=true"], TRITON_INTERPRET="1")
+    assert [r["step"] for r in fused] == [r["step"] for r in single]
+    for a, b in zip(single, fused, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
+        assert ("beta" in a) == ("beta" in b)
+        if "beta" in a:
+            assert b["beta"] == pytest.approx(a["beta"], abs=1e-4), a["step"]
+    assert len({round(r["beta"], 3) for r in fused if "beta" in r}) > 3  # beta varies
 
 
 # ---- SLURM -----------------------------------------------------------------------------------
@@ -272,7 +311,7 @@ def test_launcher_presets_requeue_timed_out_jobs(preset: str) -> None:
 def test_multi_task_job_is_one_ddp_run(slurm_conf: str, tmp_path: Path) -> None:
     """`hydra.launcher.tasks_per_node=2`: the job's two SLURM tasks are the two ranks of one DDP
     run (submitit gives the ranks), equal to the single-process run."""
-    args = [*BREAST_CANCER, "trainer.max_steps=15"]
+    args = [*AM_SGD_EXACT, "trainer.max_steps=15"]
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "amm.run", "-m", *args, "trainer.progress=false"]
     cmd += ["hydra/launcher=local_slurm", "hydra.launcher.tasks_per_node=2"]
@@ -291,7 +330,7 @@ def test_torchrun_template_requeues_itself_at_the_time_limit(
     """slurm/torchrun.sbatch on 1 node x 2 processes: at the time-limit signal (USR1 to the
     batch script) the workers checkpoint, the script requeues the job, and the restarted job
     resumes; the result equals the single-process run."""
-    args = [*BREAST_CANCER, "trainer.max_steps=60", "trainer.checkpoint_every=5"]
+    args = [*AM_SGD_EXACT, "trainer.max_steps=60", "trainer.checkpoint_every=5"]
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     env = slurm_env(tmp_path, slurm_conf, PYTHON=sys.executable, NPROC_PER_NODE="2")
     sbatch = ["sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2"]
