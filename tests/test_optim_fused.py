@@ -174,20 +174,27 @@ def test_fused_step_under_torch_compile_equals_eager(cls):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_bad_input_is_a_clear_error():
+def test_fused_falls_back_to_foreach_with_one_warning_where_it_cannot_run():
+    """fp64 and non-dense layouts (and, without Triton's interpreter, CPU tensors): the foreach
+    step, the same numbers, and one warning naming the reason."""
     model = _model()
     with pytest.raises(ValueError, match="fused=True and foreach=True"):
         AMAdamW(model.parameters(), fused=True, foreach=True)
-    p = nn.Parameter(torch.zeros(4, 4, dtype=torch.float64, device=DEVICE))
-    opt = AMSGD([p], lr=0.1, fused=True)
-    p.grad = torch.ones_like(p)
-    with pytest.raises(RuntimeError, match="fused=True.*float64"):
-        opt.step()
-    q = nn.Parameter(torch.zeros(6, 4, device=DEVICE).t())  # a transposed view: not dense rows
-    opt = AMSGD([q], lr=0.1, fused=True)
-    q.grad = torch.ones_like(q)
-    with pytest.raises(RuntimeError, match="not dense"):
-        opt.step()
+    for cls in (AMSGD, AMAdamW):
+        for p0, reason in [
+            (torch.randn(4, 4, dtype=torch.float64), "float64"),
+            (torch.randn(6, 4).t(), "not dense"),  # a transposed view
+        ]:
+            params = [nn.Parameter(p0.clone().to(DEVICE)) for _ in range(2)]
+            fused_opt = cls([params[0]], lr=0.1, fused=True)
+            foreach_opt = cls([params[1]], lr=0.1)
+            with pytest.warns(UserWarning, match=f"fused=True.*{reason}.*foreach") as caught:
+                for _ in range(3):
+                    for p, opt in zip(params, (fused_opt, foreach_opt)):
+                        p.grad = torch.sin(3 * p.detach()) + p.detach()
+                        opt.step()
+            assert sum("fused=True" in str(w.message) for w in caught) == 1  # once, not per step
+            torch.testing.assert_close(params[0], params[1], rtol=0, atol=0)
 
 
 def test_fused_runs_where_triton_can():
@@ -197,6 +204,35 @@ def test_fused_runs_where_triton_can():
     cpu = [(torch.zeros(2), torch.zeros(2), torch.zeros(2))]
     if not fused.interpreting():
         assert "CUDA" in fused.unsupported_reason(cpu)
+
+
+CPU_FALLBACK = """
+import warnings, torch
+from amm.optim import AMAdamW
+a, b = (torch.nn.Parameter(torch.linspace(-1, 1, 12)) for _ in range(2))
+opts = AMAdamW([a], lr=0.1, fused=True), AMAdamW([b], lr=0.1)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for _ in range(3):
+        for p, opt in zip((a, b), opts):
+            p.grad = torch.cos(p.detach())
+            opt.step()
+assert torch.equal(a, b)
+for w in caught:
+    print(w.message)
+"""
+
+
+def test_fused_on_cpu_without_the_interpreter_uses_foreach():
+    """A config with fused=True runs on a CPU (e.g. smoke tests): the foreach step, one warning."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    done = subprocess.run(
+        [sys.executable, "-c", CPU_FALLBACK], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if "fused=True" in line]
+    assert len(lines) == 1 and "on cpu" in lines[0] and "foreach" in lines[0], done.stdout
 
 
 def test_fused_kernels_compile_for_hopper(tmp_path):

@@ -16,6 +16,7 @@ Nothing in `step()` reads a device value on the host, except the non-finite chec
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +178,7 @@ class AdaptiveMemoryOptimizer(Optimizer):
         self.fused = bool(fused)
         # created here, not in step(): torch.compile would trace the creation and lose it
         self._fused_kernels: Any = None
+        self._fused_fallbacks: set[str] = set()  # why fused steps fell back to foreach (warned)
         if self.fused:
             from amm.optim.fused import FusedKernels
 
@@ -321,6 +323,8 @@ class AdaptiveMemoryOptimizer(Optimizer):
         return not torch.jit.is_scripting()
 
     def _use_fused(self, ts: StepTensors) -> bool:
+        """fused=True where the kernels run (CUDA with Triton, dense fp32/bf16/fp16 tensors);
+        elsewhere (CPU, no Triton, fp64, ...) the foreach step, with a warning once per reason."""
         if not self.fused:
             return False
         from amm.optim.fused import unsupported_reason
@@ -330,9 +334,16 @@ class AdaptiveMemoryOptimizer(Optimizer):
             for p, g, st in zip(ts.params, ts.grads, ts.states)
         ]
         reason = unsupported_reason(per_tensor)
-        if reason is not None:
-            raise RuntimeError(f"{type(self).__name__}(fused=True): {reason}")
-        return True
+        if reason is None:
+            return True
+        if reason not in self._fused_fallbacks:  # say it once, not every step
+            self._fused_fallbacks.add(reason)
+            warnings.warn(
+                f"{type(self).__name__}(fused=True): {reason}; these steps use the foreach "
+                "implementation (the same math)",
+                stacklevel=4,
+            )
+        return False
 
     def _reduce_group(self, ts: StepTensors) -> Any:
         if self.process_group is not None:

@@ -126,7 +126,9 @@ class AMSGD(AdaptiveMemoryOptimizer):
             f(x_{t-1}), f(x_t) from `step(closure)`; deterministic problems).
         nonfinite: "raise" (default), "skip" the step, or "off" (no check, no host sync).
         foreach: use the multi-tensor implementation (default) or the single-tensor reference.
-        fused: two Triton kernels per step (CUDA; see amm.optim.fused) instead of foreach.
+        fused: two Triton kernels per step (CUDA; see amm.optim.fused) instead of foreach;
+            where they cannot run (CPU, no Triton, fp64, ...) the step warns once and uses
+            foreach.
         process_group: the parameters are shards (ZeRO-style); the sums are all-reduced over this
             group. DTensor (FSDP2) parameters are detected automatically.
     """
