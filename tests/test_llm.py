@@ -279,14 +279,18 @@ def data_dir_env(
     return shared_data
 
 
+@pytest.mark.parametrize("accumulate", [1, 3])
 def test_run_stopped_by_max_steps_then_extended_matches_uninterrupted(
-    tmp_path: Path, data_dir_env: Path
+    tmp_path: Path, data_dir_env: Path, accumulate: int
 ) -> None:
-    reference = train(compose_config([*RUN, "trainer.max_steps=9"]), tmp_path / "reference")
+    """Resuming continues the token stream where the checkpoint left it, also when each step
+    takes several batches (accumulation)."""
+    run = [*RUN, f"trainer.accumulate_grad_batches={accumulate}"]
+    reference = train(compose_config([*run, "trainer.max_steps=9"]), tmp_path / "reference")
     run_dir = tmp_path / "extended"
-    train(compose_config([*RUN, "trainer.max_steps=6"]), run_dir)
+    train(compose_config([*run, "trainer.max_steps=6"]), run_dir)
     (run_dir / "summary.json").unlink()  # finished runs are skipped; this one is extended
-    extended = train(compose_config([*RUN, "trainer.max_steps=9"]), run_dir)
+    extended = train(compose_config([*run, "trainer.max_steps=9"]), run_dir)
     assert metrics(run_dir) == metrics(tmp_path / "reference")
     assert [r["step"] for r in metrics(run_dir)] == list(range(1, 10))
     assert extended["loss"] == reference["loss"] and extended["eval_loss"] == reference["eval_loss"]
