@@ -30,6 +30,7 @@ Runs on CUDA tensors with Triton; on the CPU only in Triton's interpreter
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,28 +282,29 @@ class FusedKernels:
         first = next(iter(roles.values()))
         device = first[0].device
         rows = torch.zeros(len(first), NCOL, dtype=torch.float32, device=device)
-        for k, launch in enumerate(self._launches(first)):
-            partials = torch.empty(launch.blocks, NCOL, dtype=torch.float32, device=device)
-            kernel[(launch.blocks,)](
-                *self._tables(roles, launch, k),
-                launch.numels,
-                launch.block_tensor,
-                launch.block_start,
-                _select(hyper, launch.members, len(first)),
-                partials,
-                DTYPE=launch.dtype,
-                BLOCK=BLOCK,
-                NCOL=NCOL,
-                **meta,
-            )
-            out = torch.empty(len(launch.members), NCOL, dtype=torch.float32, device=device)
-            _segment_sum_kernel[(len(launch.members),)](
-                partials, launch.block_offsets, out, NCOL=NCOL, RBLOCK=RBLOCK
-            )
-            if len(launch.members) == len(first):
-                rows = out
-            else:
-                rows.index_copy_(0, small_tensor(launch.members, device, torch.long), out)
+        with _current_device(device):  # Triton launches on the current device
+            for k, launch in enumerate(self._launches(first)):
+                partials = torch.empty(launch.blocks, NCOL, dtype=torch.float32, device=device)
+                kernel[(launch.blocks,)](
+                    *self._tables(roles, launch, k),
+                    launch.numels,
+                    launch.block_tensor,
+                    launch.block_start,
+                    _select(hyper, launch.members, len(first)),
+                    partials,
+                    DTYPE=launch.dtype,
+                    BLOCK=BLOCK,
+                    NCOL=NCOL,
+                    **meta,
+                )
+                out = torch.empty(len(launch.members), NCOL, dtype=torch.float32, device=device)
+                _segment_sum_kernel[(len(launch.members),)](
+                    partials, launch.block_offsets, out, NCOL=NCOL, RBLOCK=RBLOCK
+                )
+                if len(launch.members) == len(first):
+                    rows = out
+                else:
+                    rows.index_copy_(0, small_tensor(launch.members, device, torch.long), out)
         return rows
 
     @torch.compiler.disable
@@ -315,18 +317,19 @@ class FusedKernels:
         **meta,
     ) -> None:
         first = next(iter(roles.values()))
-        for k, launch in enumerate(self._launches(first)):
-            kernel[(launch.blocks,)](
-                *self._tables(roles, launch, k),
-                launch.numels,
-                launch.block_tensor,
-                launch.block_start,
-                _select(hyper, launch.members, len(first)),
-                _select(weights, launch.members, len(first)),
-                DTYPE=launch.dtype,
-                BLOCK=BLOCK,
-                **meta,
-            )
+        with _current_device(first[0].device):  # Triton launches on the current device
+            for k, launch in enumerate(self._launches(first)):
+                kernel[(launch.blocks,)](
+                    *self._tables(roles, launch, k),
+                    launch.numels,
+                    launch.block_tensor,
+                    launch.block_start,
+                    _select(hyper, launch.members, len(first)),
+                    _select(weights, launch.members, len(first)),
+                    DTYPE=launch.dtype,
+                    BLOCK=BLOCK,
+                    **meta,
+                )
 
     # ---- AM-AdamW ------------------------------------------------------------------------
     def am_adamw_sums(
@@ -384,6 +387,11 @@ class FusedKernels:
         """d <- lerp(d, grad + wd x, w); x <- x - lr d."""
         roles = dict(g=grads, d=bufs, x=params)
         self._update(_am_sgd_update_kernel, roles, hyper, weights, WITH_DECAY=with_decay)
+
+
+def _current_device(device: torch.device) -> Any:
+    """Triton launches on the current CUDA device, not the tensors': make them the same."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 
 def _select(values: Tensor, members: list[int], total: int) -> Tensor:
