@@ -4,6 +4,9 @@ Run by tests/test_optim_fused.py in a process without TRITON_INTERPRET."""
 
 from __future__ import annotations
 
+import itertools
+import re
+
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
@@ -15,32 +18,38 @@ TABLE = "*i64"  # pointer tables: int64 addresses
 BLOCKS = dict(numels="*i64", block_tensor="*i32", block_start="*i64", hyper="*fp32")
 
 
-def compile_kernel(fn, signature: dict[str, str], constexprs: dict[str, object]) -> int:
+def compile_kernel(
+    fn, signature: dict[str, str], constexprs: dict[str, object], vectorised: bool = False
+) -> str:
+    """The kernel's PTX. `vectorised`: assert that its full blocks load 16 bytes at a time."""
     signature = {**signature, **dict.fromkeys(constexprs, "constexpr")}
     consts = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
     kernel = triton.compile(
         ASTSource(fn=fn, signature=signature, constexprs=consts), target=GPUTarget("cuda", 90, 32)
     )
-    return len(kernel.asm["ptx"])
+    ptx = kernel.asm["ptx"]
+    if vectorised:
+        assert re.search(r"ld\.global(\.\w+)*\.v4\.b32", ptx), f"{fn.__name__}: no 16-byte loads"
+    return ptx
 
 
 def main() -> None:
     adamw = dict(g_tab=TABLE, m_tab=TABLE, v_tab=TABLE, x_tab=TABLE, **BLOCKS)
     sgd = dict(g_tab=TABLE, d_tab=TABLE, x_tab=TABLE, **BLOCKS)
     sums, update = dict(partials="*fp32"), dict(weights="*fp32")
-    for dtype in (tl.float32, tl.bfloat16, tl.float16):
+    for dtype, aligned in itertools.product((tl.float32, tl.bfloat16, tl.float16), (True, False)):
+        block = dict(DTYPE=dtype, BLOCK=fused.BLOCK, ALIGNED=aligned)
         for decay in (True, False):
-            reduce = dict(DTYPE=dtype, WITH_DECAY=decay, BLOCK=fused.BLOCK, NCOL=fused.NCOL)
-            compile_kernel(fused._am_adamw_sums_kernel, {**adamw, **sums}, reduce)
-            compile_kernel(fused._am_sgd_sums_kernel, {**sgd, **sums}, reduce)
+            reduce = dict(**block, WITH_DECAY=decay, NCOL=fused.NCOL)
+            compile_kernel(fused._am_adamw_sums_kernel, {**adamw, **sums}, reduce, aligned)
+            compile_kernel(fused._am_sgd_sums_kernel, {**sgd, **sums}, reduce, aligned)
             compile_kernel(
                 fused._am_sgd_update_kernel,
                 {**sgd, **update},
-                dict(DTYPE=dtype, WITH_DECAY=decay, BLOCK=fused.BLOCK),
+                dict(**block, WITH_DECAY=decay),
+                aligned,
             )
-        compile_kernel(
-            fused._am_adamw_update_kernel, {**adamw, **update}, dict(DTYPE=dtype, BLOCK=fused.BLOCK)
-        )
+        compile_kernel(fused._am_adamw_update_kernel, {**adamw, **update}, block, aligned)
     compile_kernel(
         fused._segment_sum_kernel,
         dict(partials="*fp32", block_offsets="*i64", out="*fp32"),

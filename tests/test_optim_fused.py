@@ -206,6 +206,26 @@ def test_fused_runs_where_triton_can():
         assert "CUDA" in fused.unsupported_reason(cpu)
 
 
+@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+def test_fused_unaligned_parameters(cls):
+    """A parameter that starts 4 bytes into its storage is not 16-byte aligned: its launch
+    takes the element-wise kernels (no vector-load hint, which would be wrong), same result."""
+    import amm.optim.fused as fused
+
+    first = torch.randn(1 + 3000, device=DEVICE)
+    buffers = [first, first.clone()]
+    params = [nn.Parameter(b[1:]) for b in buffers]  # views at offset 1
+    aligned = torch.zeros(16, device=DEVICE)
+    assert fused.FusedKernels()._table("x", [aligned, params[0]])[1] is False
+    assert fused.FusedKernels()._table("x", [aligned])[1] is True
+    opts = cls([params[0]], lr=0.1, fused=True), cls([params[1]], lr=0.1)
+    for _ in range(3):
+        for p, opt in zip(params, opts):
+            p.grad = torch.sin(3 * p.detach())
+            opt.step()
+    torch.testing.assert_close(params[0], params[1], rtol=1e-5, atol=1e-6)
+
+
 CPU_FALLBACK = """
 import warnings, torch
 from amm.optim import AMAdamW

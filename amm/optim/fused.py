@@ -12,6 +12,9 @@ computed from those few numbers in torch, by the same code as the foreach path
 - Per-block partial sums are reduced per tensor in a fixed order: the result is
   deterministic, so DDP ranks compute the same beta.
 - No host sync: tables travel host -> device as non-blocking copies from pinned memory.
+- Full blocks (all but each tensor's last) use unmasked 16-byte loads and stores when every
+  tensor of the launch is 16-byte aligned (the usual case; checked on the host): Triton
+  vectorises only accesses it knows to be aligned and whole.
 
 Memory traffic per parameter, in passes over 4-byte state: AM-AdamW pass 1 reads g, m, v (and
 x when weight decay needs <g, x>), pass 2 reads g, m, v, x and writes m, v, x: 10 (11) passes
@@ -91,22 +94,45 @@ def unsupported_reason(per_tensor: list[tuple[Tensor, ...]]) -> str | None:
 if triton is not None:
     _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
+    # Every kernel body runs in one of two forms. A block that lies wholly inside its tensor (all
+    # but each tensor's last) takes unmasked loads and stores, which Triton vectorises (16 bytes
+    # per access) when it knows the addresses are 16-byte aligned (ALIGNED: checked on the host,
+    # hinted with multiple_of); a tensor's last block takes masked, element-wise accesses.
+
     @triton.jit
     def _block(block_tensor, block_start, numels, BLOCK: tl.constexpr):
+        """This program's tensor, its offsets, their mask, and whether all are in range."""
         pid = tl.program_id(0)
         t = tl.load(block_tensor + pid)
-        offs = tl.load(block_start + pid) + tl.arange(0, BLOCK)
-        return pid, t, offs, offs < tl.load(numels + t)
+        start = tl.multiple_of(tl.load(block_start + pid), BLOCK)
+        offs = start + tl.arange(0, BLOCK)
+        numel = tl.load(numels + t)
+        return pid, t, offs, offs < numel, start + BLOCK <= numel
 
     @triton.jit
-    def _load(table, t, offs, mask, DTYPE: tl.constexpr):
-        base = tl.load(table + t).to(tl.pointer_type(DTYPE))
-        return tl.load(base + offs, mask=mask, other=0.0).to(tl.float32)
+    def _pointers(table, t, offs, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+        ptrs = tl.load(table + t).to(tl.pointer_type(DTYPE)) + offs
+        if ALIGNED:
+            ptrs = tl.max_contiguous(tl.multiple_of(ptrs, 16), BLOCK)
+        return ptrs
 
     @triton.jit
-    def _store(table, t, offs, mask, value, DTYPE: tl.constexpr):
-        base = tl.load(table + t).to(tl.pointer_type(DTYPE))
-        tl.store(base + offs, value.to(DTYPE), mask=mask)
+    def _load(table, t, offs, mask, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+              MASKED: tl.constexpr, ALIGNED: tl.constexpr):  # fmt: skip
+        ptrs = _pointers(table, t, offs, DTYPE, BLOCK, ALIGNED)
+        if MASKED:
+            return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        else:
+            return tl.load(ptrs).to(tl.float32)
+
+    @triton.jit
+    def _store(table, t, offs, mask, value, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+               MASKED: tl.constexpr, ALIGNED: tl.constexpr):  # fmt: skip
+        ptrs = _pointers(table, t, offs, DTYPE, BLOCK, ALIGNED)
+        if MASKED:
+            tl.store(ptrs, value.to(DTYPE), mask=mask)
+        else:
+            tl.store(ptrs, value.to(DTYPE))
 
     @triton.jit
     def _adam_metric(g, v, mask, beta2, eps):
@@ -116,58 +142,82 @@ if triton is not None:
         return v, tl.where(mask, inv, 0.0)
 
     @triton.jit
-    def _am_adamw_sums_kernel(
-        g_tab, m_tab, v_tab, x_tab, numels, block_tensor, block_start, hyper, partials,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
+    def _am_adamw_sums(
+        g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, out,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+        MASKED: tl.constexpr, ALIGNED: tl.constexpr,
     ):  # fmt: skip
-        pid, t, offs, mask = _block(block_tensor, block_start, numels, BLOCK)
         beta2, eps = tl.load(hyper + t * 4), tl.load(hyper + t * 4 + 1)
-        g = _load(g_tab, t, offs, mask, DTYPE)
-        m = _load(m_tab, t, offs, mask, DTYPE)
-        v = _load(v_tab, t, offs, mask, DTYPE)
+        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        m = _load(m_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        v = _load(v_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         v, inv = _adam_metric(g, v, mask, beta2, eps)
         u = g * inv
-        out = partials + pid * NCOL
         tl.store(out, tl.sum(g * u, axis=0))  # ||g||_P^2 (unscaled)
         tl.store(out + 1, tl.sum(m * u, axis=0))  # <g, d>_P
         tl.store(out + 2, tl.sum(m * m * inv, axis=0))  # ||d||_P^2
         if WITH_DECAY:
-            tl.store(out + 3, tl.sum(g * _load(x_tab, t, offs, mask, DTYPE), axis=0))
+            x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+            tl.store(out + 3, tl.sum(g * x, axis=0))
         else:
             tl.store(out + 3, 0.0)
         tl.store(out + 4, tl.sum(g * g, axis=0))  # ||g||^2: the non-finite check
 
     @triton.jit
-    def _am_adamw_update_kernel(
-        g_tab, m_tab, v_tab, x_tab, numels, block_tensor, block_start, hyper, weights,
-        DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+    def _am_adamw_sums_kernel(
+        g_tab, m_tab, v_tab, x_tab, numels, block_tensor, block_start, hyper, partials,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
+        ALIGNED: tl.constexpr,
     ):  # fmt: skip
-        _, t, offs, mask = _block(block_tensor, block_start, numels, BLOCK)
+        pid, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
+        args = (g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, partials + pid * NCOL)
+        if full:
+            _am_adamw_sums(*args, DTYPE, WITH_DECAY, BLOCK, False, ALIGNED)
+        else:
+            _am_adamw_sums(*args, DTYPE, WITH_DECAY, BLOCK, True, ALIGNED)
+
+    @triton.jit
+    def _am_adamw_update(
+        g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, weights,
+        DTYPE: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr,
+    ):  # fmt: skip
         beta2, eps = tl.load(hyper + t * 4), tl.load(hyper + t * 4 + 1)
         decay, step = tl.load(hyper + t * 4 + 2), tl.load(hyper + t * 4 + 3)
         w = tl.load(weights + t)
-        g = _load(g_tab, t, offs, mask, DTYPE)
-        m = _load(m_tab, t, offs, mask, DTYPE)
-        v = _load(v_tab, t, offs, mask, DTYPE)
-        x = _load(x_tab, t, offs, mask, DTYPE)
+        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        m = _load(m_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        v = _load(v_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         v, inv = _adam_metric(g, v, mask, beta2, eps)
         m = m + w * (g - m)  # m_hat <- lerp(m_hat, g, w)
         x = x * decay + step * m * inv
-        _store(v_tab, t, offs, mask, v, DTYPE)
-        _store(m_tab, t, offs, mask, m, DTYPE)
-        _store(x_tab, t, offs, mask, x, DTYPE)
+        _store(v_tab, t, offs, mask, v, DTYPE, BLOCK, MASKED, ALIGNED)
+        _store(m_tab, t, offs, mask, m, DTYPE, BLOCK, MASKED, ALIGNED)
+        _store(x_tab, t, offs, mask, x, DTYPE, BLOCK, MASKED, ALIGNED)
 
     @triton.jit
-    def _am_sgd_sums_kernel(
-        g_tab, d_tab, x_tab, numels, block_tensor, block_start, hyper, partials,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
+    def _am_adamw_update_kernel(
+        g_tab, m_tab, v_tab, x_tab, numels, block_tensor, block_start, hyper, weights,
+        DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
     ):  # fmt: skip
-        pid, t, offs, mask = _block(block_tensor, block_start, numels, BLOCK)
-        g = _load(g_tab, t, offs, mask, DTYPE)
-        d = _load(d_tab, t, offs, mask, DTYPE)
+        _, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
+        args = (g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, weights)
+        if full:
+            _am_adamw_update(*args, DTYPE, BLOCK, False, ALIGNED)
+        else:
+            _am_adamw_update(*args, DTYPE, BLOCK, True, ALIGNED)
+
+    @triton.jit
+    def _am_sgd_sums(
+        g_tab, d_tab, x_tab, t, offs, mask, hyper, out,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+        MASKED: tl.constexpr, ALIGNED: tl.constexpr,
+    ):  # fmt: skip
+        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        d = _load(d_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         if WITH_DECAY:  # coupled decay: the effective gradient g + wd x
-            g = g + tl.load(hyper + t * 2) * _load(x_tab, t, offs, mask, DTYPE)
-        out = partials + pid * NCOL
+            x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+            g = g + tl.load(hyper + t * 2) * x
         tl.store(out, tl.sum(g * g, axis=0))
         tl.store(out + 1, tl.sum(g * d, axis=0))
         tl.store(out + 2, tl.sum(d * d, axis=0))
@@ -175,21 +225,47 @@ if triton is not None:
         tl.store(out + 4, tl.sum(g * g, axis=0))
 
     @triton.jit
-    def _am_sgd_update_kernel(
-        g_tab, d_tab, x_tab, numels, block_tensor, block_start, hyper, weights,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+    def _am_sgd_sums_kernel(
+        g_tab, d_tab, x_tab, numels, block_tensor, block_start, hyper, partials,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
+        ALIGNED: tl.constexpr,
     ):  # fmt: skip
-        _, t, offs, mask = _block(block_tensor, block_start, numels, BLOCK)
+        pid, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
+        args = (g_tab, d_tab, x_tab, t, offs, mask, hyper, partials + pid * NCOL)
+        if full:
+            _am_sgd_sums(*args, DTYPE, WITH_DECAY, BLOCK, False, ALIGNED)
+        else:
+            _am_sgd_sums(*args, DTYPE, WITH_DECAY, BLOCK, True, ALIGNED)
+
+    @triton.jit
+    def _am_sgd_update(
+        g_tab, d_tab, x_tab, t, offs, mask, hyper, weights,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+        MASKED: tl.constexpr, ALIGNED: tl.constexpr,
+    ):  # fmt: skip
         neg_lr, w = tl.load(hyper + t * 2 + 1), tl.load(weights + t)
-        g = _load(g_tab, t, offs, mask, DTYPE)
-        d = _load(d_tab, t, offs, mask, DTYPE)
-        x = _load(x_tab, t, offs, mask, DTYPE)
+        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        d = _load(d_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         if WITH_DECAY:
             g = g + tl.load(hyper + t * 2) * x
         d = d + w * (g - d)  # d <- lerp(d, g, w)
         x = x + neg_lr * d
-        _store(d_tab, t, offs, mask, d, DTYPE)
-        _store(x_tab, t, offs, mask, x, DTYPE)
+        _store(d_tab, t, offs, mask, d, DTYPE, BLOCK, MASKED, ALIGNED)
+        _store(x_tab, t, offs, mask, x, DTYPE, BLOCK, MASKED, ALIGNED)
+
+    @triton.jit
+    def _am_sgd_update_kernel(
+        g_tab, d_tab, x_tab, numels, block_tensor, block_start, hyper, weights,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+        ALIGNED: tl.constexpr,
+    ):  # fmt: skip
+        _, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
+        args = (g_tab, d_tab, x_tab, t, offs, mask, hyper, weights)
+        if full:
+            _am_sgd_update(*args, DTYPE, WITH_DECAY, BLOCK, False, ALIGNED)
+        else:
+            _am_sgd_update(*args, DTYPE, WITH_DECAY, BLOCK, True, ALIGNED)
 
     @triton.jit
     def _segment_sum_kernel(partials, block_offsets, out, NCOL: tl.constexpr, RBLOCK: tl.constexpr):
@@ -226,7 +302,7 @@ class FusedKernels:
 
     def __init__(self) -> None:
         self._plans: dict[tuple, list[_Launch]] = {}
-        self._pointers: dict[str, tuple[tuple[int, ...], Tensor]] = {}
+        self._pointers: dict[str, tuple[tuple[int, ...], Tensor, bool]] = {}
 
     def _launches(self, tensors: list[Tensor]) -> list[_Launch]:
         device = tensors[0].device
@@ -260,19 +336,25 @@ class FusedKernels:
             self._plans[key] = plan
         return plan
 
-    def _table(self, role: str, tensors: list[Tensor]) -> Tensor:
+    def _table(self, role: str, tensors: list[Tensor]) -> tuple[Tensor, bool]:
+        """The device table of the tensors' addresses, and whether all are 16-byte aligned."""
         addresses = tuple(t.data_ptr() for t in tensors)
         cached = self._pointers.get(role)
         if cached is None or cached[0] != addresses:
-            cached = (addresses, small_tensor(list(addresses), tensors[0].device, torch.int64))
+            table = small_tensor(list(addresses), tensors[0].device, torch.int64)
+            cached = (addresses, table, all(a % 16 == 0 for a in addresses))
             self._pointers[role] = cached
-        return cached[1]
+        return cached[1], cached[2]
 
-    def _tables(self, roles: dict[str, list[Tensor]], launch: _Launch, k: int) -> list[Tensor]:
-        return [
+    def _tables(
+        self, roles: dict[str, list[Tensor]], launch: _Launch, k: int
+    ) -> tuple[list[Tensor], bool]:
+        """One launch's pointer tables (in the kernels' argument order) and ALIGNED."""
+        tables = [
             self._table(f"{role}{k}", [tensors[i] for i in launch.members])
             for role, tensors in roles.items()
         ]
+        return [table for table, _ in tables], all(aligned for _, aligned in tables)
 
     # torch.compile runs the launches eagerly (a graph break): Dynamo cannot trace the pointer
     # tables or Triton's launcher, and the kernels are already fused.
@@ -285,8 +367,9 @@ class FusedKernels:
         with _current_device(device):  # Triton launches on the current device
             for k, launch in enumerate(self._launches(first)):
                 partials = torch.empty(launch.blocks, NCOL, dtype=torch.float32, device=device)
+                tables, aligned = self._tables(roles, launch, k)
                 kernel[(launch.blocks,)](
-                    *self._tables(roles, launch, k),
+                    *tables,
                     launch.numels,
                     launch.block_tensor,
                     launch.block_start,
@@ -295,6 +378,7 @@ class FusedKernels:
                     DTYPE=launch.dtype,
                     BLOCK=BLOCK,
                     NCOL=NCOL,
+                    ALIGNED=aligned,
                     **meta,
                 )
                 out = torch.empty(len(launch.members), NCOL, dtype=torch.float32, device=device)
@@ -319,8 +403,9 @@ class FusedKernels:
         first = next(iter(roles.values()))
         with _current_device(first[0].device):  # Triton launches on the current device
             for k, launch in enumerate(self._launches(first)):
+                tables, aligned = self._tables(roles, launch, k)
                 kernel[(launch.blocks,)](
-                    *self._tables(roles, launch, k),
+                    *tables,
                     launch.numels,
                     launch.block_tensor,
                     launch.block_start,
@@ -328,6 +413,7 @@ class FusedKernels:
                     _select(weights, launch.members, len(first)),
                     DTYPE=launch.dtype,
                     BLOCK=BLOCK,
+                    ALIGNED=aligned,
                     **meta,
                 )
 
