@@ -558,13 +558,17 @@ def test_registry_builds_every_optimizer_with_param_groups():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU sessions)")
 @pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
 @pytest.mark.parametrize("scope", ["global", "per-tensor"])
-def test_no_host_sync_in_step_on_cuda(cls, scope):
+@pytest.mark.parametrize("fused", [False, True])
+def test_no_host_sync_in_step_on_cuda(cls, scope, fused):
+    if fused:
+        pytest.importorskip("triton")
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1)).cuda()
     opt = cls(
         [{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.02}],
         lr=0.01,
         beta_scope=scope,
         nonfinite="off",
+        fused=fused,
     )
     x = torch.randn(4, 8, device="cuda")
     for step in range(3):
