@@ -98,7 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cuda = torch.cuda.is_available()
     parser.add_argument("--sizes", nargs="+", default=["60m", "350m"] if cuda else ["9m", "20m"])
-    parser.add_argument("--batch", type=int, default=64 if cuda else 4)
+    # CUDA: 256 sequences of 256 tokens, the batch of ../shared/anchors' tokens/s
+    parser.add_argument("--batch", type=int, default=256 if cuda else 4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--block", type=int, default=4, help="iterations per row per round")
