@@ -4,6 +4,8 @@ and sharded parameters (ZeRO/FSDP style) complete the sums with one all-reduce."
 from __future__ import annotations
 
 import copy
+import os
+import sys
 
 import pytest
 import torch
@@ -18,6 +20,17 @@ WORLD = 2
 
 def _init(rank: int, store: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+
+
+def _finish() -> None:
+    """Both ranks passed their checks: leave together, and at once. Under load, a worker's
+    interpreter teardown after the gloo group was destroyed has aborted ("terminate called
+    without an active exception", SIGABRT) although the test had passed; os._exit skips it."""
+    dist.barrier()  # both ranks done before teardown (gloo aborts if a peer vanishes)
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _elementwise_loss(params, coeffs):
@@ -76,8 +89,7 @@ def _sharded_worker(rank: int, store: str, cls_name: str, scope: str, fused: boo
         torch.testing.assert_close(
             shard.detach(), whole.detach().chunk(WORLD)[rank], rtol=tol, atol=tol
         )
-    dist.barrier()  # both ranks done before teardown (gloo aborts if a peer vanishes)
-    dist.destroy_process_group()
+    _finish()
 
 
 def _ddp_worker(rank: int, store: str, cls_name: str) -> None:
@@ -101,8 +113,7 @@ def _ddp_worker(rank: int, store: str, cls_name: str) -> None:
     for p, q in zip(model.parameters(), single.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
     torch.testing.assert_close(o_ddp.last_beta, o_single.last_beta, rtol=0, atol=1e-6)
-    dist.barrier()  # both ranks done before teardown (gloo aborts if a peer vanishes)
-    dist.destroy_process_group()
+    _finish()
 
 
 @pytest.mark.parametrize("scope", ["global", "per-tensor"])
