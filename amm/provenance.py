@@ -28,7 +28,8 @@ def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):  # no git, no repository, or no commit yet
         sha = None
     try:
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # results/ holds outputs (an artifact being drawn changes it), not code
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":!results"))
     except (OSError, subprocess.CalledProcessError):
         dirty = None
     return {"sha": sha, "dirty": dirty}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from suite_helpers import subprocess_env
 
+from amm.provenance import git_state
 from amm.reproduce import main, override_value
 
 
@@ -106,3 +107,22 @@ def test_override_value() -> None:
     assert override_value(True) == "true"
     assert override_value([0.9, 0.99]) == "[0.9,0.99]"
     assert override_value("0.5,0.9") == "0.5,0.9"
+
+
+def test_provenance_dirty_means_the_code_differs_from_the_commit(tmp_path: Path) -> None:
+    """An artifact rewrites its own results/ files: that is not a change of the code."""
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "table.md").write_text("old\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "table.md").write_text("new\n")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["dirty"] is True
