@@ -77,6 +77,14 @@ def expand_jobs(overrides: list[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
 
 
+def run_git(run_dir: Path) -> Any:
+    """The git state a run recorded when it started (meta.json), or None."""
+    try:
+        return json.loads((run_dir / "meta.json").read_text()).get("git")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def job_run_dirs(overrides: list[str]) -> list[Path]:
     """Run directories of the jobs of one multirun, in launch order.
 
@@ -140,6 +148,8 @@ def reproduce(
     (out_dir / "commands.txt").write_text("\n".join(commands) + "\n")
     record = {**provenance(shlex.join(reproduce_cmd)), "commands": commands}
     record["run_dirs"] = [str(d) for d in run_dirs]
+    # the code each run trained with (a run may predate the artifact's commit)
+    record["run_git"] = {str(d): run_git(d) for d in run_dirs}
     (out_dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out_dir}")
     return out_dir

@@ -37,6 +37,8 @@ def check_outputs(out_dir: Path, artifact: str, printed: str) -> list[Path]:
     assert prov["commands"] == commands
     assert {"git", "date", "hostname", "cpu", "gpus", "torch"} <= set(prov)
     assert set(prov["git"]) == {"sha", "dirty"}
+    assert set(prov["run_git"]) == set(prov["run_dirs"])  # the code each run trained with
+    assert all(set(g) == {"sha", "dirty"} for g in prov["run_git"].values())
     return [out_dir.parents[2] / d for d in prov["run_dirs"]]
 
 
