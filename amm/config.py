@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from amm import paths
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SCALES = ("smoke", "reduced", "paper")
 # Longest run-directory name we create; longer names are shortened with a hash (filesystems
@@ -53,3 +55,4 @@ def run_dirname(text: str | None) -> str:
 
 OmegaConf.register_new_resolver("by_scale", by_scale, replace=True)
 OmegaConf.register_new_resolver("run_dirname", run_dirname, replace=True)
+OmegaConf.register_new_resolver("amm.path", paths.default, replace=True)

@@ -1,12 +1,10 @@
-"""What the trainer needs for multi-process runs beyond DDP: FSDP2 sharding, checkpoints in the
-``torch.distributed.checkpoint`` (DCP) format, and the rank variables of a SLURM job.
+"""What the trainer needs for multi-process runs beyond DDP: the process group, FSDP2 sharding and
+the rank variables of a SLURM job (checkpoints in the DCP format: ``amm.checkpoint``).
 
 - ``shard_model``: ``fully_shard`` (FSDP2) on every transformer block, then on the whole model.
   The parameters become DTensors, which ``amm.optim`` detects: its global beta then completes its
   per-shard sums with one all-reduce over the mesh, so it equals the single-process beta.
-- ``save_sharded`` / ``load_sharded``: model and optimizer as a DCP checkpoint directory. Each
-  rank writes its shards; loading reshards, so a checkpoint loads on any world size (1 included,
-  where the model is not sharded at all).
+- ``setup_distributed`` / ``teardown_distributed``: the process group under torchrun.
 - ``export_slurm_ranks``: the submitit launcher starts one process per SLURM task; torch's
   ``env://`` rendezvous wants RANK / WORLD_SIZE / MASTER_ADDR..., which submitit knows.
 """
@@ -14,21 +12,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
+import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import fully_shard
 
 DISTRIBUTED = ("ddp", "fsdp")
-SHARDED_PREFIX = "dcp-"  # checkpoints/dcp-<step>/: one DCP checkpoint directory
 
 
 def export_slurm_ranks() -> None:
@@ -65,66 +55,29 @@ def shard_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Create the state tensors of a fresh optimizer, so DCP has tensors to load into.
-
-    DCP's ``get_state_dict`` would do this itself with ``step()`` on zero gradients at lr 0; the
-    AM optimizers with the exact plane bias need the loss, so here the step gets a closure that
-    returns 0. Nothing moves (lr 0), and loading the checkpoint then overwrites every state and
-    group value the step touched.
-    """
-    if optimizer.state:
-        return
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    lrs = [group["lr"] for group in optimizer.param_groups]
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0
-    zero_loss = torch.zeros((), device=params[0].device, dtype=params[0].dtype)
-    optimizer.step((lambda: zero_loss) if getattr(optimizer, "needs_closure", False) else None)
-    for group, lr in zip(optimizer.param_groups, lrs):
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); initialises the process group under torchrun."""
+    export_slurm_ranks()  # a multi-task job of the submitit launcher: one rank per task
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if world_size == 1:
+        return 0, 1, dev
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), world_size, dev
 
 
-@contextmanager
-def single_process_ok() -> Iterator[None]:
-    """Silence DCP's warning that it runs without a process group: at world size 1 it should."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
-        yield
+def global_rank() -> int:
+    """This process's rank before the process group exists (0 outside torchrun / SLURM tasks)."""
+    export_slurm_ranks()
+    return int(os.environ.get("RANK", "0"))
 
 
-def save_sharded(
-    model: nn.Module, optimizer: torch.optim.Optimizer, ckpt_dir: Path, step: int
-) -> str:
-    """Write model + optimizer as ``ckpt_dir/dcp-<step>/`` (all ranks call it); its name.
-
-    A new directory per checkpoint: the previous one stays valid until the caller has written
-    the small ``last.pt`` that names the new one (a pre-emption mid-save loses nothing).
-    """
-    name = f"{SHARDED_PREFIX}{step:09d}"
-    model_state, optim_state = get_state_dict(model, optimizer)
-    with single_process_ok():
-        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=ckpt_dir / name)
-    return name
-
-
-def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Load a ``save_sharded`` directory into this world size's model and optimizer."""
-    init_optimizer_state(optimizer)
-    model_state, optim_state = get_state_dict(model, optimizer)
-    state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
-    with single_process_ok():
-        dcp.load(state, checkpoint_id=path)
-    set_state_dict(
-        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
-    )
-
-
-def prune_sharded(ckpt_dir: Path, keep: str) -> None:
-    """Remove the DCP directories other than ``keep`` (rank 0, once ``last.pt`` names ``keep``)."""
-    for path in ckpt_dir.glob(f"{SHARDED_PREFIX}*"):
-        if path.name != keep:
-            shutil.rmtree(path, ignore_errors=True)
+def teardown_distributed() -> None:
+    """Destroy the process group, if this process made one (every exit path of a run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

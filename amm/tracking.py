@@ -41,6 +41,61 @@ class MetricsFile:
         self._file.close()
 
 
+class RunOutputs:
+    """Rank 0's outputs of a run: ``metrics.jsonl`` and, with ``logger.name=wandb``, the W&B run.
+
+    ``close`` (or ``exit``, as an ``ExitStack`` callback, on every exit path of the trainer)
+    closes the file and finishes the W&B run with the run's exit code; calling it twice is fine.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        keep_until_step: int,
+        logger: DictConfig,
+        wandb_id: str,
+        group: str,
+        name: str,
+        config: dict[str, Any],
+    ) -> None:
+        self.metrics = MetricsFile(run_dir / "metrics.jsonl", keep_until_step=keep_until_step)
+        self.wandb: WandbLogger | None = None
+        if logger.name == "wandb":
+            self.wandb = WandbLogger(
+                logger, run_dir=run_dir, run_id=wandb_id, group=group, name=name, config=config
+            )
+        self._closed = False
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.metrics.append(record)
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def last_record(self) -> dict[str, Any]:
+        """The last record in ``metrics.jsonl`` ({} when there is none)."""
+        records = read_jsonl(self.metrics.path)
+        return records[-1] if records else {}
+
+    def close(self, exit_code: int = 0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.metrics.close()
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=exit_code)
+
+    def exit(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        """``ExitStack.push`` callback: close with the exit code the exception implies."""
+        if exc is None:
+            code = 0
+        elif isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else 1
+        else:
+            code = 1
+        self.close(exit_code=code)
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """All records of a ``metrics.jsonl``."""
     with path.open() as fh:
@@ -94,7 +149,7 @@ class WandbLogger:
                 dir=str(run_dir),
                 id=run_id,
                 resume="allow",  # a resumed run continues the same W&B run
-                mode=self.mode,
+                mode=self.mode,  # type: ignore[arg-type]  # checked by wandb itself
             )
         except Exception as err:  # W&B must never stop training
             warnings.warn(f"W&B init failed ({err!r}); logging to local files only", stacklevel=2)

@@ -38,7 +38,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -51,19 +51,17 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from amm.distributed import (
-    DISTRIBUTED,
-    export_slurm_ranks,
-    load_sharded,
-    prune_sharded,
-    save_sharded,
-    shard_model,
-)
+from amm import paths
+from amm.checkpoint import LAST, Checkpointer, TrainState
+from amm.data import DataModule
+from amm.distributed import DISTRIBUTED, setup_distributed, shard_model, teardown_distributed
+from amm.models import Model
 from amm.optim import build_optimizer
 from amm.provenance import provenance
-from amm.tracking import MetricsFile, WandbLogger
+from amm.tracking import RunOutputs
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
+CHECKPOINT = LAST  # checkpoints/last.pt, relative to the run directory
+SUMMARY = "summary.json"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 # recorded in meta.json: which SLURM job (array task) ran the run, where, after how many requeues
 SLURM_META = (
@@ -79,149 +77,126 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
     """Run (or resume, or skip if finished) the training described by ``cfg`` in ``run_dir``."""
     run_dir = Path(run_dir)
     tcfg = cfg.trainer
-    summary_path = run_dir / "summary.json"
+    summary_path = run_dir / SUMMARY
     if summary_path.exists():  # finished before: a re-run of the same command does nothing
         return json.loads(summary_path.read_text())
+    paths.apply(cfg.paths)
 
-    # ---- distributed setup, seeds --------------------------------------------------------
-    rank, world_size, device = setup_distributed(tcfg.device)
-    is_main = rank == 0
-    seed_everything(int(tcfg.seed))
-    if tcfg.num_threads:
-        torch.set_num_threads(int(tcfg.num_threads))
+    # every exit path (an error, a stop signal, the end) closes what was opened, in reverse
+    with ExitStack() as cleanup:
+        # ---- distributed setup, seeds ----------------------------------------------------
+        rank, world_size, device = setup_distributed(tcfg.device)
+        cleanup.callback(teardown_distributed)
+        is_main = rank == 0
+        seed_everything(int(tcfg.seed))
+        if tcfg.num_threads:
+            torch.set_num_threads(int(tcfg.num_threads))
 
-    # ---- problem, model, optimizer, schedule ---------------------------------------------
-    data = instantiate(cfg.dataset)
-    info: dict[str, Any] = data.info
-    fstar = info.get("fstar")
-    dtype = getattr(torch, tcfg.dtype) if tcfg.dtype else None
-    raw_model: nn.Module = instantiate(cfg.model, info=info).to(device=device, dtype=dtype)
-    if tcfg.distributed not in DISTRIBUTED:
-        raise ValueError(f"trainer.distributed={tcfg.distributed!r}; use one of {DISTRIBUTED}")
-    dcp_format = tcfg.distributed == "fsdp"  # checkpoint format, whatever the world size
-    fsdp = dcp_format and world_size > 1
-    if fsdp:
-        shard_model(raw_model)  # before the optimizer, which must hold the sharded parameters
-    optimizer = build_optimizer(
-        raw_model, **OmegaConf.to_container(cfg.optimizer, resolve=True), info=info
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(tcfg.scheduler, int(tcfg.max_steps))
-    )
-    model = torch.compile(raw_model) if tcfg.compile else raw_model
-    if world_size > 1 and not fsdp:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    beta_stats: Callable[[], dict[str, Tensor]] = getattr(optimizer, "beta_stats", dict)
-    autocast = autocast_context(tcfg.precision, device)
+        # ---- problem, model, optimizer, schedule -----------------------------------------
+        data: DataModule = instantiate(cfg.dataset)
+        info = data.info
+        fstar = info.get("fstar")
+        dtype = getattr(torch, tcfg.dtype) if tcfg.dtype else None
+        raw_model: nn.Module = instantiate(cfg.model, info=info).to(device=device, dtype=dtype)
+        if tcfg.distributed not in DISTRIBUTED:
+            raise ValueError(f"trainer.distributed={tcfg.distributed!r}; use one of {DISTRIBUTED}")
+        sharded = tcfg.distributed == "fsdp"  # checkpoint format (DCP), whatever the world size
+        fsdp = sharded and world_size > 1
+        if fsdp:
+            shard_model(raw_model)  # before the optimizer, which must hold the sharded parameters
+        optimizer_options: dict[str, Any] = OmegaConf.to_container(cfg.optimizer, resolve=True)  # type: ignore[assignment]
+        optimizer = build_optimizer(raw_model, **optimizer_options, info=info)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_factor(tcfg.scheduler, int(tcfg.max_steps))
+        )
+        model: nn.Module = raw_model  # what the step calls: compiled and/or DDP-wrapped
+        if tcfg.compile:
+            model = torch.compile(raw_model)  # type: ignore[assignment]  # an OptimizedModule
+        if world_size > 1 and not fsdp:
+            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        beta_stats: Callable[[], dict[str, Tensor]] = getattr(optimizer, "beta_stats", dict)
+        autocast = autocast_context(tcfg.precision, device)
 
-    # ---- resume from the run directory's checkpoint, if any ------------------------------
-    step, epoch, batch_idx, elapsed = 0, 0, 0, 0.0
-    pending: list[dict[str, Tensor]] = []  # per-step beta stats not yet written
-    ckpt_path = run_dir / CHECKPOINT
-    if ckpt_path.exists():
-        # weights_only=False: the file holds RNG states (numpy arrays, tuples); we wrote it.
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if "sharded" in ckpt:  # a DCP directory, written at any world size
-            load_sharded(raw_model, optimizer, ckpt_path.parent / ckpt["sharded"])
-        else:
-            raw_model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        step, epoch, batch_idx = ckpt["step"], ckpt["epoch"], ckpt["batch_idx"]
-        elapsed = ckpt["elapsed"]
-        pending = [
-            {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in d.items()}
-            for d in ckpt["pending"]
-        ]
+        # ---- resume from the run directory's checkpoint, if any --------------------------
+        state = TrainState()
+        checkpointer = Checkpointer(
+            run_dir,
+            state,
+            raw_model,
+            optimizer,
+            scheduler,
+            sharded=sharded,
+            is_main=is_main,
+            world_size=world_size,
+            device=device,
+        )
+        checkpointer.load()
 
-    # ---- outputs (rank 0) ----------------------------------------------------------------
-    metrics_file = wandb_run = None
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        meta = write_meta(run_dir, experiment, world_size, device, resumed_from=step)
-        metrics_file = MetricsFile(run_dir / "metrics.jsonl", keep_until_step=step)
-        if cfg.logger.name == "wandb":
-            wandb_run = WandbLogger(
-                cfg.logger,
-                run_dir=run_dir,
-                run_id=meta["wandb_id"],
+        # ---- outputs (rank 0): config.yaml, meta.json, metrics.jsonl, W&B ----------------
+        outputs = None
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            meta = write_meta(run_dir, experiment, world_size, device, resumed_from=state.step)
+            wandb_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+            outputs = RunOutputs(
+                run_dir,
+                keep_until_step=state.step,
+                logger=cfg.logger,
+                wandb_id=meta["wandb_id"],
                 group=experiment,
                 name=f"{cfg.optimizer.name} {run_dir.name} seed={tcfg.seed}",
-                config=OmegaConf.to_container(cfg, resolve=True),
+                config=wandb_config,
             )
+            cleanup.push(outputs.exit)  # W&B learns how the run ended
 
-    def write(record: dict[str, Any]) -> None:
-        assert metrics_file is not None
-        metrics_file.append(record)
-        if wandb_run is not None:
-            wandb_run.log(record, step=record["step"])
-
-    def checkpoint() -> None:
-        # DCP: every rank writes its shards; last.pt then names the directory
-        sharded = save_sharded(raw_model, optimizer, ckpt_path.parent, step) if dcp_format else None
-        if is_main:
-            if sharded:
-                state: dict[str, Any] = {"sharded": sharded}
-            else:
-                state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict()}
-            state |= {
-                "scheduler": scheduler.state_dict(),
-                "rng": get_rng_state(),
-                "step": step,
-                "epoch": epoch,
-                "batch_idx": batch_idx,
-                "elapsed": elapsed + time.perf_counter() - t0,
-                # steps since the last record: kept so the next record is the same as without
-                # the interruption (a host transfer, but checkpoints are rare)
-                "pending": [{k: v.item() for k, v in d.items()} for d in pending],
-            }
-            save_atomic(state, ckpt_path)
-            if sharded:
-                prune_sharded(ckpt_path.parent, keep=sharded)
-        if world_size > 1:
-            dist.barrier()
-
-    # ---- the step loop ---------------------------------------------------------------------
-    max_steps, log_every = int(tcfg.max_steps), int(tcfg.log_every)
-    accumulate = int(tcfg.accumulate_grad_batches)
-    if accumulate < 1:
-        raise ValueError(
-            f"trainer.accumulate_grad_batches={accumulate}: use 1 (no accumulation) or more"
+        # ---- the step loop -----------------------------------------------------------------
+        max_steps, log_every = int(tcfg.max_steps), int(tcfg.log_every)
+        accumulate = int(tcfg.accumulate_grad_batches)
+        if accumulate < 1:
+            raise ValueError(
+                f"trainer.accumulate_grad_batches={accumulate}: use 1 (no accumulation) or more"
+            )
+        eval_every, ckpt_every = int(tcfg.eval_every or 0), int(tcfg.checkpoint_every or 0)
+        batches = batch_stream(data, state.epoch, state.batch_idx, rank, world_size)
+        bar = cleanup.enter_context(
+            tqdm(total=max_steps, initial=state.step, disable=not (is_main and tcfg.progress))
         )
-    eval_every, ckpt_every = int(tcfg.eval_every or 0), int(tcfg.checkpoint_every or 0)
-    batches = batch_stream(data, epoch, batch_idx, rank, world_size)
-    bar = tqdm(total=max_steps, initial=step, disable=not (is_main and tcfg.progress))
-    last: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    with StopFlag() as stop:
-        while step < max_steps:
+        last: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        stop = cleanup.enter_context(StopFlag())
+        while state.step < max_steps:
             micro_batches = []
             for _ in range(accumulate):
-                epoch, i, batch = next(batches)
+                state.epoch, i, batch = next(batches)
                 micro_batches.append(to_device(batch, device, dtype))
 
             loss, metrics = take_step(
                 model, optimizer, micro_batches, autocast, tcfg.grad_clip, world_size
             )
             scheduler.step()
-            step, batch_idx = step + 1, i + 1
-            pending.append(beta_stats())
+            state.step, state.batch_idx = state.step + 1, i + 1
+            state.pending.append(beta_stats())
             bar.update(1)
 
+            step = state.step
             do_eval = step == max_steps or (eval_every > 0 and step % eval_every == 0)
             if step % log_every == 0 or do_eval:
-                record = make_record(loss, metrics, pending, world_size)
-                pending = []
-                record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **record}
+                record = make_record(loss, metrics, state.pending, world_size)
+                state.pending = []
+                record = {
+                    "step": step,
+                    "epoch": state.epoch,
+                    "lr": scheduler.get_last_lr()[0],
+                    **record,
+                }
                 if fstar is not None:
                     record["objective_gap"] = record["loss"] - fstar
                 if do_eval and (is_main or fsdp):
                     record.update(evaluate(raw_model, data, device, dtype, autocast))
-                record["time_s"] = elapsed + time.perf_counter() - t0
-                if is_main:
-                    write(record)
+                record["time_s"] = state.elapsed + time.perf_counter() - t0
+                if outputs is not None:
+                    outputs.write(record)
                     postfix = {k: record[k] for k in ("loss", "beta") if k in record}
                     bar.set_postfix(postfix, refresh=False)  # drawn at tqdm's own pace
                 last = record
@@ -229,52 +204,26 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
 
             signum = stop.agreed(world_size)
             if step == max_steps or (ckpt_every > 0 and step % ckpt_every == 0) or signum:
-                checkpoint()
+                checkpointer.save(elapsed=state.elapsed + time.perf_counter() - t0)
             if signum:
-                bar.close()
-                if metrics_file is not None:
-                    metrics_file.close()
-                if wandb_run is not None:
-                    wandb_run.finish(exit_code=128 + signum)
+                if outputs is not None:
+                    outputs.close(exit_code=128 + signum)  # before a requeue can kill us
                 stop.pass_on(signum)  # under submitit: requeue the job (and exit)
                 raise SystemExit(128 + signum)  # non-zero, so a scheduler requeues the job
-    bar.close()
 
-    # ---- summary ---------------------------------------------------------------------------
-    if not last and metrics_file is not None:  # resumed from the final checkpoint
-        last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    summary = {k: v for k, v in last.items() if k != "betas"}
-    if is_main:
-        assert metrics_file is not None
-        metrics_file.close()
-        tmp = summary_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, summary_path)
-        if wandb_run is not None:
-            wandb_run.finish()
-    if world_size > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return summary
+        # ---- summary ---------------------------------------------------------------------
+        if not last and outputs is not None:  # resumed from the final checkpoint
+            last = outputs.last_record()
+        summary = {k: v for k, v in last.items() if k != "betas"}
+        if outputs is not None:
+            outputs.close()
+            write_json_atomic(summary_path, summary)
+        if world_size > 1:
+            dist.barrier()
+        return summary
 
 
 # ---- helpers, in the order the loop uses them ---------------------------------------------
-
-
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device); initialises the process group under torchrun."""
-    export_slurm_ranks()  # a multi-task job of the submitit launcher: one rank per task
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if world_size == 1:
-        return 0, 1, dev
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(dev)
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return dist.get_rank(), world_size, dev
 
 
 def seed_everything(seed: int) -> None:
@@ -326,37 +275,19 @@ def write_meta(
         "slurm": {k: os.environ[k] for k in SLURM_META if k in os.environ},
         "wandb_id": old.get("wandb_id") or secrets.token_hex(4),
     }
-    path.write_text(json.dumps(meta, indent=2))
+    write_json_atomic(path, meta)
     return meta
 
 
-def get_rng_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` that never leaves a half-written file at ``path`` (pre-emption)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file (a reader never sees half)."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
 
 
 def batch_stream(
-    data: Any, epoch: int, skip: int, rank: int, world_size: int
+    data: DataModule, epoch: int, skip: int, rank: int, world_size: int
 ) -> Iterator[tuple[int, int, Any]]:
     """(epoch, index in epoch, batch) forever, starting at batch ``skip`` of ``epoch``.
 
@@ -383,8 +314,8 @@ def to_device(batch: Any, device: torch.device, dtype: torch.dtype | None) -> An
 
 
 def take_step(
-    model: nn.Module,
-    optimizer: Any,
+    model: Model,
+    optimizer: torch.optim.Optimizer,
     micro_batches: list[Any],
     autocast: Any,
     grad_clip: float | None,
@@ -432,11 +363,11 @@ def take_step(
             loss /= world_size
         return loss
 
-    optimizer.step(closure)
+    optimizer.step(closure)  # type: ignore[arg-type]  # torch's stub says float; a loss is a Tensor
     return calls[0]
 
 
-def gradient_sync(model: nn.Module, enabled: bool) -> Any:
+def gradient_sync(model: Model, enabled: bool) -> Any:
     """Context of one micro-batch's backward: DDP and FSDP2 reduce gradients only if enabled."""
     if isinstance(model, DDP):
         return nullcontext() if enabled else model.no_sync()
@@ -486,7 +417,11 @@ def make_record(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Any, device: torch.device, dtype: torch.dtype | None, autocast: Any
+    model: nn.Module,
+    data: DataModule,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    autocast: Any,
 ) -> dict[str, float]:
     """Mean loss and metrics over ``data.eval_batches()`` as ``eval_*`` (empty without any)."""
     batches = data.eval_batches()

@@ -41,7 +41,6 @@ the first ``val_docs`` documents of ``data_files``, which training then skips.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,16 +51,11 @@ from datasets import IterableDataset, load_dataset
 from datasets.distributed import split_dataset_by_node
 from transformers import AutoTokenizer, LlamaTokenizerFast, PreTrainedTokenizerBase
 
-from amm.data.libsvm import DATA_DIR_ENV, OFFLINE_ENV, DataNotFoundError
+from amm.paths import DATA_DIR_ENV, OFFLINE_ENV, DataNotFoundError, offline
 
 Batch = dict[str, torch.Tensor]
 #: Documents tokenised per call: the fast tokenizer encodes a list on all cores.
 TOKENIZE_CHUNK = 256
-
-
-def offline() -> bool:
-    """``AMM_OFFLINE=1``: fail at once instead of trying the network."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 @functools.lru_cache(maxsize=4)  # building the fast tokenizer from a .model file takes ~1 s
@@ -93,6 +87,17 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
             f"could not load tokenizer {name_or_path!r} ({err}). Offline, point "
             "dataset.tokenizer at a local tokenizer.model file or folder."
         ) from err
+
+
+def local_files(tokenizer: str, *patterns: str | list[str] | None) -> list[Path]:
+    """The local files among a tokenizer name and ``data_files`` patterns (paths or globs)."""
+    files = [Path(tokenizer).expanduser()] if Path(tokenizer).expanduser().is_file() else []
+    for pattern in patterns:
+        for item in [pattern] if isinstance(pattern, str) else list(pattern or []):
+            path = Path(str(item)).expanduser()
+            matches = [path] if path.is_file() else sorted(path.parent.glob(path.name))
+            files += [m for m in matches if m.is_file()]
+    return files
 
 
 class C4Data:
@@ -139,6 +144,7 @@ class C4Data:
         self.seed = int(seed)
         self.doc_buffer, self.block_buffer = int(doc_buffer), int(block_buffer)
         self.tokenizer = load_tokenizer(tokenizer)
+        self._files = local_files(tokenizer, data_files, val_data_files)
         self.eos = self.tokenizer.eos_token_id
         if self.eos is None:
             raise ValueError(f"tokenizer {tokenizer!r} has no EOS token to separate documents")
@@ -229,6 +235,10 @@ class C4Data:
         return blocks
 
     # ---- the data module contract (docs/architecture.md section 2) -------------------------
+
+    def source_files(self) -> list[Path]:
+        """The local document files and the tokenizer file (none for the hub's stream)."""
+        return list(self._files)
 
     def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """One epoch of this rank's batches of ``batch_size // world_size`` blocks."""

@@ -27,12 +27,11 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from scipy.special import expit, log_expit, logsumexp, softmax
 from scipy.stats import ortho_group
 
-from amm.data.libsvm import get_spec, load_dataset
+from amm import paths
+from amm.data.libsvm import ensure_file, get_spec, load_dataset
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR_ENV = "AMM_CACHE_DIR"
-DEFAULT_CACHE_DIR = Path("~/.cache/amm")
 #: Target for ||grad f(w*)||_2; by strong convexity f(w*) - f* <= tol**2 / (2 * l2).
 FSTAR_GRAD_TOL = 1e-9
 _FSTAR_CACHE_VERSION = 1  # bump when the objective or the solver changes meaning
@@ -51,10 +50,8 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The cache root: the argument, else ``$AMM_CACHE_DIR``, else ``~/.cache/amm``."""
-    if cache_dir is None:
-        cache_dir = os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR
-    return Path(cache_dir).expanduser()
+    """The cache root: the argument, else ``amm.paths.cache_dir()`` (``$AMM_CACHE_DIR``, ...)."""
+    return paths.cache_dir(cache_dir)
 
 
 def lambda_max_gram(X: sp.spmatrix | np.ndarray) -> float:
@@ -281,6 +278,11 @@ class LogisticRegressionProblem:
         self.name, self.spec = name, spec
         self.dtype = torch_dtype(dtype)
         X, y = load_dataset(name, "train", data_dir, allow_download=allow_download)
+        self._files = [
+            ensure_file(spec, entry, data_dir, allow_download=allow_download)
+            for entry in (spec.train, spec.test)
+            if entry is not None
+        ]
         n, d = X.shape
         k = spec.num_classes
         curvature = 0.25 if spec.task == "binary" else 0.5
@@ -344,6 +346,10 @@ class LogisticRegressionProblem:
         """The test split as one batch (dna.scale.t, adult.tst), or ``None`` when there is none."""
         return self._eval
 
+    def source_files(self) -> list[Path]:
+        """The svmlight files read (none for breast cancer, which ships with scikit-learn)."""
+        return list(self._files)
+
 
 class QuadraticProblem:
     """f(x) = 1/2 (x - x*)^T A (x - x*), the motivating example of paper Sec. 3.1 (f* = 0).
@@ -398,6 +404,9 @@ class QuadraticProblem:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got {rank=}, {world_size=}")
         yield self._batch
+
+    def source_files(self) -> list[Path]:
+        return []  # generated from the config's seed
 
     def eval_batches(self) -> None:
         """No held-out data for a quadratic."""

@@ -3,8 +3,8 @@
 Files are parsed with :func:`sklearn.datasets.load_svmlight_file`; this module only knows
 *where* each file lives, *where* to fetch it from, and how to map its labels.
 
-Layout: ``<data_dir>/libsvm/<name>/<file>`` with ``data_dir`` taken from the argument, else the
-environment variable ``AMM_DATA_DIR``, else ``~/.cache/amm``. This is the layout of the shared
+Layout: ``<data_dir>/libsvm/<name>/<file>`` with ``data_dir`` taken from the argument, else
+``amm.paths.data_dir()`` (``$AMM_DATA_DIR``, else ``~/.cache/amm``). This is the layout of the shared
 data folder, so ``AMM_DATA_DIR=/path/to/shared/data`` works without copying anything.
 A missing file is downloaded once (unless ``AMM_OFFLINE=1``); when that is impossible a
 :class:`DataNotFoundError` says which file was expected where and where to get it.
@@ -31,9 +31,11 @@ import scipy.sparse as sp
 from sklearn.datasets import load_breast_cancer, load_svmlight_file
 from sklearn.preprocessing import StandardScaler
 
-DATA_DIR_ENV = "AMM_DATA_DIR"
-OFFLINE_ENV = "AMM_OFFLINE"
-DEFAULT_DATA_DIR = Path("~/.cache/amm")
+from amm import paths
+from amm.paths import DATA_DIR_ENV, OFFLINE_ENV, DataNotFoundError, offline
+
+__all__ = ["DATA_DIR_ENV", "OFFLINE_ENV", "DataNotFoundError", "load_dataset"]
+
 #: Seconds before a download attempt gives up; short so an offline machine fails fast.
 DOWNLOAD_TIMEOUT_S = 10.0
 
@@ -45,10 +47,6 @@ _TICK = (
 
 Task = Literal["binary", "multiclass"]
 Split = Literal["train", "test"]
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A data file is missing and could not be downloaded."""
 
 
 @dataclass(frozen=True)
@@ -152,10 +150,8 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The data root: the argument, else ``$AMM_DATA_DIR``, else ``~/.cache/amm``."""
-    if data_dir is None:
-        data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
-    return Path(data_dir).expanduser()
+    """The data root: the argument, else ``amm.paths.data_dir()`` (``$AMM_DATA_DIR``, ...)."""
+    return paths.data_dir(data_dir)
 
 
 def dataset_path(name: str, file: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -181,10 +177,6 @@ def download(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
         raise
 
 
-def _offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def ensure_file(
     spec: DatasetSpec,
     entry: DataFile,
@@ -197,13 +189,13 @@ def ensure_file(
     if path.is_file():
         return path
     why = "downloads are disabled"
-    if allow_download and not _offline():
+    if allow_download and not offline():
         try:
             download(entry.url, path)
             return path
         except (OSError, urllib.error.URLError) as err:  # URLError/timeouts are OSErrors too
             why = f"download failed: {err}"
-    elif _offline():
+    elif offline():
         why = f"{OFFLINE_ENV} is set"
     raise DataNotFoundError(
         f"dataset {spec.name!r}: file {entry.file!r} not found at {path} ({why}).\n"

@@ -41,6 +41,8 @@ from torchvision import datasets
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.transforms import v2
 
+from amm.paths import OFFLINE_ENV, cache_dir, data_dir, imagenet_dir, offline
+
 Batch = dict[str, torch.Tensor]
 
 # Per-channel statistics of the training sets (pixels scaled to [0, 1]).
@@ -52,19 +54,6 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 MNIST_STATS = ((0.1307,), (0.3081,))
 
 STAND_IN_NOTE = "generated smoke stand-in (plumbing check only, not a result)"
-# The suite's environment variables (as amm.data.libsvm / amm.data.convex read them; not
-# imported from there, which would load scipy and scikit-learn into every vision run).
-OFFLINE_ENV = "AMM_OFFLINE"
-CACHE_DIR_ENV = "AMM_CACHE_DIR"
-
-
-def offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def cache_dir() -> Path:
-    """``$AMM_CACHE_DIR``, else ``~/.cache/amm``: where generated stand-ins are written."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or "~/.cache/amm").expanduser()
 
 
 def to_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> list[Callable[..., Any]]:
@@ -125,8 +114,10 @@ class ImageClassificationData:
         pin_memory: bool | None = None,
         seed: int = 0,
         extra_info: dict[str, Any] | None = None,
+        source_files: list[Path] | None = None,
     ) -> None:
         self.seed = int(seed)
+        self._files = list(source_files or [])
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.num_workers = int(num_workers)
         # pinned host memory only helps copies to a GPU
@@ -173,7 +164,7 @@ class ImageClassificationData:
 
     def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """One epoch of this rank's training batches (its shard of each global batch)."""
-        sampler = DistributedSampler(
+        sampler: DistributedSampler[Any] = DistributedSampler(
             self.train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed
         )
         sampler.set_epoch(epoch)  # the permutation is seeded by seed + epoch
@@ -182,6 +173,11 @@ class ImageClassificationData:
             self.train_set, self.rank_batch_size(world_size), sampler, self.seed + epoch
         )
         return iter(loader)
+
+    def source_files(self) -> list[Path]:
+        """The data files read (ImageNet: none, its 1.3M images would take too long to hash;
+        its root is in the config)."""
+        return list(self._files)
 
     def eval_batches(self) -> DataLoader:
         return self._loader(self.eval_set, self.eval_batch_size, None, self.seed)
@@ -258,7 +254,7 @@ class CIFARData(ImageClassificationData):
     def __init__(
         self,
         name: str = "cifar10",
-        root: str | os.PathLike[str] = "~/.cache/amm",
+        root: str | os.PathLike[str] | None = None,  # None: amm.paths.data_dir()
         batch_size: int = 128,
         eval_batch_size: int = 1000,
         num_workers: int = 4,
@@ -278,7 +274,7 @@ class CIFARData(ImageClassificationData):
             )
             cls = _without_checksums(cls)
         else:
-            root = Path(root).expanduser()
+            root = data_dir(root)
         download = allow_download and not stand_in and not offline()
         try:
             train_set = cls(str(root), train=True, download=download)
@@ -308,6 +304,7 @@ class CIFARData(ImageClassificationData):
             num_classes=len(train_set.classes),
             train_transform=train_transform,
             eval_transform=v2.Compose(to_tensor(mean, std)),
+            source_files=sorted(p for p in (root / cls.base_folder).iterdir() if p.is_file()),
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
@@ -356,7 +353,7 @@ class ImageNetData(ImageClassificationData):
 
     def __init__(
         self,
-        root: str | os.PathLike[str] = "~/data/imagenet",
+        root: str | os.PathLike[str] | None = None,  # None: amm.paths.imagenet_dir()
         image_size: int = 224,
         resize_size: int = 256,
         batch_size: int = 256,
@@ -374,7 +371,7 @@ class ImageNetData(ImageClassificationData):
             root = write_imagefolder_stand_in(
                 cache_dir() / "stand-in" / tree, stand_in_classes, (n_train, n_val)
             )
-        root = Path(root).expanduser()
+        root = Path(root).expanduser() if root is not None else imagenet_dir()
         if not ((root / "train").is_dir() and (root / "val").is_dir()):
             raise FileNotFoundError(
                 f"ImageNet not found at {root}: expected an ImageFolder tree "
@@ -464,7 +461,9 @@ def load_mnist_split(
             "has the 10k test set: AMM_DATA_DIR=/path/to/shared/data), or allow a download "
             f"(dataset.allow_download=true without {OFFLINE_ENV}=1) on a machine with internet."
         )
-    return read_idx(paths[0], images=True), read_idx(paths[1], images=False)
+    image_file, label_file = paths
+    assert image_file is not None and label_file is not None  # checked above
+    return read_idx(image_file, images=True), read_idx(label_file, images=False)
 
 
 class MNISTData(ImageClassificationData):
@@ -478,7 +477,7 @@ class MNISTData(ImageClassificationData):
 
     def __init__(
         self,
-        root: str | os.PathLike[str] = "~/.cache/amm/mnist_t10k",
+        root: str | os.PathLike[str] | None = None,  # None: <data dir>/mnist_t10k
         split: str = "t10k",
         n_val: int = 2000,
         n_train: int | None = None,
@@ -490,7 +489,8 @@ class MNISTData(ImageClassificationData):
         seed: int = 0,
         allow_download: bool = True,
     ) -> None:
-        root = Path(root).expanduser()
+        root = Path(root).expanduser() if root is not None else data_dir() / "mnist_t10k"
+        which = ("t10k",) if split == "t10k" else ("train", "t10k")
         if split == "t10k":
             images, labels = load_mnist_split(root, "t10k", allow_download)
             order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed))
@@ -525,4 +525,7 @@ class MNISTData(ImageClassificationData):
             pin_memory=pin_memory,
             seed=seed,
             extra_info={"split": split},
+            source_files=[
+                f for w in which for name in MNIST_FILES[w] if (f := find_idx_file(root, name))
+            ],
         )

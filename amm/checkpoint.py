@@ -1,0 +1,332 @@
+"""The run's resume state and its checkpoint format: the one module that writes and reads it.
+
+``TrainState`` is where the loop is (step, epoch, batch, time, betas not yet logged);
+``Checkpointer`` owns it together with the model, optimizer and lr schedule, and saves and loads
+all of them (and the RNG states) as one checkpoint:
+
+- ``checkpoints/last.pt``: ``torch.save`` of a dict: ``model`` and ``optimizer`` state dicts, or
+  under ``trainer.distributed=fsdp`` ``sharded``: the name of a DCP directory
+  ``checkpoints/dcp-<step>/`` (every rank writes its shards; it loads on any world size);
+  ``scheduler``, ``rng`` (python, numpy, torch, cuda) and the ``TrainState`` fields.
+- ``checkpoints/previous.pt``: the checkpoint before it.
+
+Saving never leaves a broken ``last.pt``: the new file is written next to it, flushed to disk
+(fsync), the old ``last.pt`` becomes ``previous.pt`` (a hard link, so ``last.pt`` exists at every
+instant), and a rename puts the new one in place. Loading tries ``last.pt``, then (with a
+warning naming the file and the error) ``previous.pt``; if none can be read the error names the
+files and says what to do: a run never silently starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = Path("checkpoints")
+LAST = CHECKPOINT_DIR / "last.pt"
+PREVIOUS = CHECKPOINT_DIR / "previous.pt"
+SHARDED_PREFIX = "dcp-"  # checkpoints/dcp-<step>/: one DCP checkpoint directory
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run directory can be read (or one cannot be written)."""
+
+
+@dataclass
+class TrainState:
+    """Where the loop is; saved in every checkpoint."""
+
+    step: int = 0  # optimizer updates done
+    epoch: int = 0  # epoch of the next batch
+    batch_idx: int = 0  # batches of ``epoch`` consumed
+    elapsed: float = 0.0  # training seconds before the current start
+    # per-step beta stats since the last metrics record, so the next record is the same as
+    # without the interruption (device tensors; floats in the file)
+    pending: list[dict[str, Tensor]] = field(default_factory=list)
+    skipped: int = 0  # steps skipped for non-finite gradients (optimizer.nonfinite=skip)
+    skipped_in_row: int = 0
+
+
+class Checkpointer:
+    """Saves and loads ``state`` + model + optimizer + lr schedule + RNG states of one run."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        state: TrainState,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        *,
+        sharded: bool,
+        is_main: bool,
+        world_size: int,
+        device: torch.device,
+    ) -> None:
+        self.run_dir, self.state = run_dir, state
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.sharded, self.is_main, self.world_size, self.device = (
+            sharded,
+            is_main,
+            world_size,
+            device,
+        )
+
+    # ---- save ---------------------------------------------------------------------------
+
+    def save(self, elapsed: float) -> None:
+        """Write a checkpoint of the current state (every rank calls it); ``elapsed``: the
+        training seconds so far."""
+        ckpt_dir = self.run_dir / CHECKPOINT_DIR
+        st = self.state
+        # DCP: every rank writes its shards into a new directory; last.pt then names it
+        name = save_sharded(self.model, self.optimizer, ckpt_dir, st.step) if self.sharded else None
+        if self.is_main:
+            if name:
+                payload: dict[str, Any] = {"sharded": name}
+            else:
+                payload = {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                }
+            payload |= {
+                "scheduler": self.scheduler.state_dict(),
+                "rng": get_rng_state(),
+                "step": st.step,
+                "epoch": st.epoch,
+                "batch_idx": st.batch_idx,
+                "elapsed": elapsed,
+                # a host transfer, but checkpoints are rare
+                "pending": [{k: v.item() for k, v in d.items()} for d in st.pending],
+                "skipped": st.skipped,
+                "skipped_in_row": st.skipped_in_row,
+            }
+            save_rotating(payload, self.run_dir / LAST, self.run_dir / PREVIOUS)
+            if name:
+                prune_sharded(ckpt_dir, keep=_sharded_names(self.run_dir))
+        if self.world_size > 1:
+            dist.barrier()
+
+    # ---- load ---------------------------------------------------------------------------
+
+    def load(self) -> bool:
+        """Resume from ``last.pt`` (else ``previous.pt``); False when the run has none."""
+        candidates = [p for p in (self.run_dir / LAST, self.run_dir / PREVIOUS) if p.exists()]
+        failures: list[str] = []
+        for path in candidates:
+            try:
+                self._load(path)
+            except Exception as err:  # any unreadable file: try the previous checkpoint
+                failures.append(f"{path}: {type(err).__name__}: {err}")
+                continue
+            if failures:
+                warnings.warn(
+                    f"checkpoint {failures[0]}; resumed from the previous checkpoint {path} "
+                    f"(step {self.state.step}) instead",
+                    stacklevel=2,
+                )
+            return True
+        if failures:
+            raise CheckpointError(
+                "no readable checkpoint in "
+                f"{self.run_dir / CHECKPOINT_DIR}:\n  "
+                + "\n  ".join(failures)
+                + "\nThe run cannot resume. Restore a good copy of these files, or start the run "
+                "over with trainer.on_mismatch=restart (deletes its checkpoints and metrics), "
+                "or use another run directory."
+            )
+        return False
+
+    def _load(self, path: Path) -> None:
+        # weights_only=False: the file holds RNG states (numpy arrays, tuples); we wrote it.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict) or "step" not in ckpt:
+            raise CheckpointError("not a checkpoint of this trainer (no 'step')")
+        if "sharded" in ckpt:  # a DCP directory, written at any world size
+            load_sharded(self.model, self.optimizer, path.parent / ckpt["sharded"])
+        else:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        st = self.state
+        st.step, st.epoch, st.batch_idx = ckpt["step"], ckpt["epoch"], ckpt["batch_idx"]
+        st.elapsed = ckpt["elapsed"]
+        st.pending = [
+            {k: torch.tensor(v, dtype=torch.float64, device=self.device) for k, v in d.items()}
+            for d in ckpt["pending"]
+        ]
+        st.skipped = ckpt.get("skipped", 0)
+        st.skipped_in_row = ckpt.get("skipped_in_row", 0)
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    """Delete a run's checkpoints (a restart from scratch)."""
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+
+
+# ---- files --------------------------------------------------------------------------------
+
+
+def save_rotating(obj: Any, last: Path, previous: Path) -> None:
+    """``torch.save`` to ``last``, keeping the old ``last`` as ``previous``; crash-safe.
+
+    At every instant ``last`` is a complete file (old or new) once it first exists: the new one
+    is written to a temporary name and fsynced, the old one is linked as ``previous``, then a
+    rename (atomic) replaces ``last``; the directory is fsynced so the renames survive a crash.
+    """
+    last.parent.mkdir(parents=True, exist_ok=True)
+    tmp = last.with_name(last.name + ".tmp")
+    try:
+        with tmp.open("wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if last.exists():
+            keep = previous.with_name(previous.name + ".tmp")
+            keep.unlink(missing_ok=True)
+            try:
+                os.link(last, keep)
+            except OSError:  # file systems without hard links
+                shutil.copyfile(last, keep)
+            os.replace(keep, previous)
+        os.replace(tmp, last)
+        fsync_dir(last.parent)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write the checkpoint {last}: {err}. Free space or make the run directory "
+            "writable, then re-run the same command: it resumes from the last good checkpoint."
+        ) from err
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (renames) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---- RNG states ---------------------------------------------------------------------------
+
+
+def get_rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- DCP (FSDP2: sharded model and optimizer) ----------------------------------------------
+
+
+@contextmanager
+def single_process_ok() -> Iterator[None]:
+    """Silence DCP's warning that it runs without a process group: at world size 1 it should."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
+        yield
+
+
+def save_sharded(
+    model: nn.Module, optimizer: torch.optim.Optimizer, ckpt_dir: Path, step: int
+) -> str:
+    """Write model + optimizer as ``ckpt_dir/dcp-<step>/`` (all ranks call it); its name.
+
+    A new directory per checkpoint: the older ones stay valid until ``last.pt`` and
+    ``previous.pt`` no longer name them (a pre-emption mid-save loses nothing).
+    """
+    name = f"{SHARDED_PREFIX}{step:09d}"
+    model_state, optim_state = get_state_dict(model, optimizer)
+    with single_process_ok():
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=ckpt_dir / name)
+    return name
+
+
+def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Load a ``save_sharded`` directory into this world size's model and optimizer."""
+    if not path.is_dir():
+        raise CheckpointError(f"the DCP directory {path} it names is missing")
+    init_optimizer_state(optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
+    with single_process_ok():
+        dcp.load(state, checkpoint_id=path)
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+    )
+
+
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the state tensors of a fresh optimizer, so DCP has tensors to load into.
+
+    The state's layout is the optimizer's own, so it makes it itself: one step on zero gradients
+    at lr 0 (what DCP's ``get_state_dict`` does, there without a closure). The closure returns 0,
+    so optimizers that need the loss (exact plane bias, oracle) take the same path as the others,
+    and no caller needs to know which ones do. Nothing moves (lr 0), and loading the checkpoint
+    then overwrites every state and group value the step touched.
+    """
+    if optimizer.state:
+        return
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    zero_loss = torch.zeros((), device=params[0].device, dtype=params[0].dtype)
+    optimizer.step(lambda: zero_loss)  # type: ignore[arg-type,return-value]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _sharded_names(run_dir: Path) -> set[str]:
+    """The DCP directories that ``last.pt`` and ``previous.pt`` name."""
+    names = set()
+    for path in (run_dir / LAST, run_dir / PREVIOUS):
+        try:
+            names.add(torch.load(path, map_location="cpu", weights_only=False)["sharded"])
+        except Exception:  # missing or unreadable: names nothing to keep
+            continue
+    return names
+
+
+def prune_sharded(ckpt_dir: Path, keep: set[str]) -> None:
+    """Remove the DCP directories not in ``keep`` (rank 0, after ``last.pt`` was written)."""
+    for path in ckpt_dir.glob(f"{SHARDED_PREFIX}*"):
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
