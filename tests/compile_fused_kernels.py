@@ -12,7 +12,9 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-import amm.optim.fused as fused
+import amm.optim._triton as fused
+from amm.optim import am_adamw_kernels as adamw_k
+from amm.optim import am_sgd_kernels as sgd_k
 
 TABLE = "*i64"  # pointer tables: int64 addresses
 BLOCKS = dict(numels="*i64", block_tensor="*i32", block_start="*i64", hyper="*fp32")
@@ -41,15 +43,15 @@ def main() -> None:
         block = dict(DTYPE=dtype, BLOCK=fused.BLOCK, ALIGNED=aligned)
         for decay in (True, False):
             reduce = dict(**block, WITH_DECAY=decay, NCOL=fused.NCOL)
-            compile_kernel(fused._am_adamw_sums_kernel, {**adamw, **sums}, reduce, aligned)
-            compile_kernel(fused._am_sgd_sums_kernel, {**sgd, **sums}, reduce, aligned)
+            compile_kernel(adamw_k._am_adamw_sums_kernel, {**adamw, **sums}, reduce, aligned)
+            compile_kernel(sgd_k._am_sgd_sums_kernel, {**sgd, **sums}, reduce, aligned)
             compile_kernel(
-                fused._am_sgd_update_kernel,
+                sgd_k._am_sgd_update_kernel,
                 {**sgd, **update},
                 dict(**block, WITH_DECAY=decay),
                 aligned,
             )
-        compile_kernel(fused._am_adamw_update_kernel, {**adamw, **update}, block, aligned)
+        compile_kernel(adamw_k._am_adamw_update_kernel, {**adamw, **update}, block, aligned)
     compile_kernel(
         fused._segment_sum_kernel,
         dict(partials="*fp32", block_offsets="*i64", out="*fp32"),

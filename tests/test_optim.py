@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from optim_classes import AM_OPTIMIZERS
 from torch import nn
 
 from amm.optim import (
@@ -297,7 +298,7 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 @pytest.mark.parametrize(
     "variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default"
 )
@@ -335,7 +336,7 @@ def test_restart_resets_momentum_and_clip_bounds_beta():
 # ---------------------------------------------------------------- state_dict, groups, grads
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_state_dict_resume_is_bit_identical(cls, dtype):
     # bf16: the fp32 scalar state (bias correction, ||d||^2) must survive torch's cast of
@@ -380,7 +381,7 @@ def test_params_without_grads_are_skipped_and_groups_keep_their_lr():
     assert opt.param_groups[1]["prev_lr"] == 0.5
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_params_reduce_in_fp32(cls, dtype):
     torch.manual_seed(0)
@@ -399,7 +400,7 @@ def test_low_precision_params_reduce_in_fp32(cls, dtype):
     assert o.last_beta.item() == pytest.approx(o_ref.last_beta.item(), abs=0.05)
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_amp_grad_scaler(cls):
     model = nn.Linear(8, 1)
     opt = cls(model.parameters(), lr=0.01)
@@ -422,7 +423,7 @@ def test_amp_grad_scaler(cls):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_torch_compile_step_matches_eager(cls):
     torch.manual_seed(0)
     model = nn.Linear(8, 4)
@@ -459,7 +460,7 @@ def test_torch_compile_step_matches_eager(cls):
         (dict(plane_bias="exact", beta_scope="per-tensor"), "beta_scope"),
     ],
 )
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_invalid_hyperparameters_name_the_parameter(cls, kwargs, name):
     with pytest.raises(ValueError, match=name):
         cls([nn.Parameter(torch.zeros(2))], **kwargs)
@@ -482,7 +483,7 @@ def test_exact_plane_bias_without_closure_is_a_clear_error():
         AMSGD([p], plane_bias="exact").step()
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_sparse_gradients_are_rejected(cls):
     emb = nn.Embedding(10, 3, sparse=True)
     opt = cls(emb.parameters())
@@ -491,7 +492,7 @@ def test_sparse_gradients_are_rejected(cls):
         opt.step()
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_nonfinite_gradient_raises_naming_the_parameter_or_skips(cls):
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
     opt = cls(model.named_parameters(), lr=0.1)
@@ -556,7 +557,7 @@ def test_registry_builds_every_optimizer_with_param_groups():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU sessions)")
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 @pytest.mark.parametrize("scope", ["global", "per-tensor"])
 @pytest.mark.parametrize("fused", [False, True])
 def test_no_host_sync_in_step_on_cuda(cls, scope, fused):

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from optim_classes import AM_OPTIMIZERS
 from torch import nn
 
-from amm.optim import AMSGD, AMAdamW, NonFiniteGradientError
+from amm.optim import AMAdamW, NonFiniteGradientError
 
 pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,7 +61,7 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 @pytest.mark.parametrize(
     "variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default"
 )
@@ -82,7 +83,7 @@ def test_fused_equals_foreach(cls, variant):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_fused_mixed_dtypes_and_low_precision(cls):
     """bf16 and fp32 tensors in one optimizer (one launch per dtype, sums in fp32): the fused
     step is as close to an all-fp32 run as the foreach step is. Gradients are fixed, so the
@@ -111,7 +112,7 @@ def test_fused_mixed_dtypes_and_low_precision(cls):
         assert err_fused <= 1.5 * err_foreach + slack, (k, err_fused, err_foreach)
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_fused_is_deterministic_and_resumes_bit_identically(cls):
     def run(split=None):
         model = _model()
@@ -135,7 +136,7 @@ def test_fused_is_deterministic_and_resumes_bit_identically(cls):
     assert torch.equal(ba, bb) and torch.equal(ba, bc)
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_fused_nonfinite_gradient_raises_or_skips_leaving_state_untouched(cls):
     model = _model()
     for policy in ("raise", "skip"):
@@ -159,7 +160,7 @@ def test_fused_nonfinite_gradient_raises_or_skips_leaving_state_untouched(cls):
         assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters()))
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_fused_step_under_torch_compile_equals_eager(cls):
     """torch.compile(opt.step) runs the kernel launches eagerly (compiler.disable) and traces the
     rest; it used to fail (the kernels object created inside the traced step was lost)."""
@@ -180,7 +181,7 @@ def test_fused_falls_back_to_foreach_with_one_warning_where_it_cannot_run():
     model = _model()
     with pytest.raises(ValueError, match="fused=True and foreach=True"):
         AMAdamW(model.parameters(), fused=True, foreach=True)
-    for cls in (AMSGD, AMAdamW):
+    for cls in AM_OPTIMIZERS:
         for p0, reason in [
             (torch.randn(4, 4, dtype=torch.float64), "float64"),
             (torch.randn(6, 4).t(), "not dense"),  # a transposed view
@@ -198,7 +199,7 @@ def test_fused_falls_back_to_foreach_with_one_warning_where_it_cannot_run():
 
 
 def test_fused_runs_where_triton_can():
-    import amm.optim.fused as fused
+    import amm.optim._triton as fused
 
     assert DEVICE == "cuda" or fused.interpreting(), "tests/conftest.py sets TRITON_INTERPRET=1"
     cpu = [(torch.zeros(2), torch.zeros(2), torch.zeros(2))]
@@ -206,18 +207,18 @@ def test_fused_runs_where_triton_can():
         assert "CUDA" in fused.unsupported_reason(cpu)
 
 
-@pytest.mark.parametrize("cls", [AMSGD, AMAdamW])
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_fused_unaligned_parameters(cls):
     """A parameter that starts 4 bytes into its storage is not 16-byte aligned: its launch
     takes the element-wise kernels (no vector-load hint, which would be wrong), same result."""
-    import amm.optim.fused as fused
+    import amm.optim._triton as fused
 
     first = torch.randn(1 + 3000, device=DEVICE)
     buffers = [first, first.clone()]
     params = [nn.Parameter(b[1:]) for b in buffers]  # views at offset 1
     aligned = torch.zeros(16, device=DEVICE)
-    assert fused.FusedKernels()._table("x", [aligned, params[0]])[1] is False
-    assert fused.FusedKernels()._table("x", [aligned])[1] is True
+    assert fused.Launcher()._table("x", [aligned, params[0]])[1] is False
+    assert fused.Launcher()._table("x", [aligned])[1] is True
     opts = cls([params[0]], lr=0.1, fused=True), cls([params[1]], lr=0.1)
     for _ in range(3):
         for p, opt in zip(params, opts):

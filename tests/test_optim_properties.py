@@ -6,16 +6,17 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optim_classes import AM_OPTIMIZERS
 from torch import nn
 
-from amm.optim import AMSGD, AMAdamW
+from amm.optim import AMAdamW
 
 shapes = st.lists(st.lists(st.integers(1, 5), min_size=0, max_size=3), min_size=1, max_size=4)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    cls=st.sampled_from([AMSGD, AMAdamW]),
+    cls=st.sampled_from(AM_OPTIMIZERS),
     shape_list=shapes,
     dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
     log_scale=st.sampled_from([-30, -8, 0, 8, 15]),

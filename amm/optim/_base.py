@@ -1,15 +1,18 @@
-"""Machinery shared by AM-SGD and AM-AdamW: param groups, the scope of beta, the plane bias,
-learning-rate ratios, non-finite gradients and sharded parameters.
+"""Machinery shared by the AM optimizers: options, param groups, the choice of implementation,
+non-finite gradients, sharded parameters, and beta (scope, all-reduce, formula).
 
-A step has three phases; subclasses implement the math of each (single-tensor, foreach, and
-fused: with `fused=True` phases 1-2 are one read-only Triton pass and 3 another, see fused.py):
-  1. prepare: effective gradients (AM-SGD: coupled weight decay) and the metric
-     (AM-AdamW: the new second moment and the denominator sqrt(v) + eps);
-  2. sums: per tensor, [<g + lam d, g - d>, ||g - d||^2, <g, d>, <g, x>] in the metric, in fp32
-     (fp64 for fp64 parameters);
-  3. update: the heavy-ball step with the per-tensor beta.
-Between 2 and 3 this class reduces the sums over the scope (global, per group, per tensor),
-all-reduces them once when the parameters are shards, and calls `adaptive_beta`.
+A step chooses its implementation once: "single" (one tensor at a time, the reference),
+"foreach" (multi-tensor ops) or "fused" (two Triton passes, see _triton.py). The subclass's
+functional core (`am_sgd`, `am_adamw`) runs that branch; every branch has the same signature
+and calls back into this class through `StepServices` for the two things that are not
+elementwise: the non-finite check and the betas. A branch:
+  1. prepares the effective gradients (AM-SGD: coupled weight decay) or the metric
+     (AM-AdamW: the new second moment and 1 / (sqrt(v) + eps));
+  2. hands `StepServices.betas` a function giving, per tensor, the sums
+     [<g + lam d, g - d>, ||g - d||^2, <g, d>, <g, x>] in the metric (fp32; fp64 for fp64);
+     this class reduces them over the scope (`amm.optim.beta.reduce_scope`), all-reduces them
+     once when the parameters are shards, and applies the formula (`unit_betas`);
+  3. updates momentum and parameters with the per-tensor beta.
 Nothing in `step()` reads a device value on the host, except the non-finite check
 (`nonfinite="raise"|"skip"`, one boolean per step; `nonfinite="off"` removes it).
 """
@@ -17,35 +20,28 @@ Nothing in `step()` reads a device value on the host, except the non-finite chec
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from amm.optim.beta import adaptive_beta
+from amm.optim._tensors import Beta, local, per_tensor, restart_mask, squared_norms, sum_dtype
+from amm.optim.beta import BETA_SCOPES, reduce_scope, unit_betas
 
-BETA_SCOPES = ("global", "per-group", "per-tensor")
 PLANE_BIASES = ("linear", "exact")
 NONFINITE_POLICIES = ("raise", "skip", "off")
 # Group options that define the single beta of the global scope: they must agree across groups.
 _GLOBAL_BETA_OPTIONS = ("lam", "beta_min", "beta_max", "restart_below", "frozen_beta")
 
+Impl = Literal["single", "foreach", "fused"]
+
 
 class NonFiniteGradientError(RuntimeError):
     """A gradient holds inf or NaN; the step was not applied and no state was changed."""
-
-
-def _local(t: Tensor) -> Tensor:
-    """The local shard of a DTensor (a view: in-place ops update the DTensor), else `t`."""
-    return t.to_local() if hasattr(t, "to_local") and hasattr(t, "device_mesh") else t
-
-
-def sum_dtype(t: Tensor) -> torch.dtype:
-    """Reductions run in fp32, or fp64 for fp64 parameters (deterministic convex problems)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 @dataclass
@@ -57,10 +53,39 @@ class StepTensors:
     states: list[dict[str, Any]] = field(default_factory=list)
     group_ids: list[int] = field(default_factory=list)
     where: list[tuple[int, int]] = field(default_factory=list)  # (group, index): error messages
-    # ||grad||^2 per tensor, when the non-finite check computed it (AM-SGD reuses it)
+    # ||grad||^2 per tensor, when the non-finite check or fused pass 1 computed it
     grad_sq: Tensor | None = None
-    # the tensors are shards: per-tensor sums are partial until the all-reduce
-    sharded: bool = False
+    # the tensors are shards: per-tensor sums are partial until the all-reduce over this group
+    reduce_group: Any = None
+
+    @property
+    def sharded(self) -> bool:
+        return self.reduce_group is not None
+
+
+# Per-tensor sums for the tensors at the given positions: rows [cross, gap_sq, <g,d>, <g,x>...]
+SumsFn = Callable[[list[int]], Tensor]
+
+
+@dataclass
+class StepServices:
+    """What a functional core needs from its optimizer.
+
+    grads_finite: the non-finite check (raises, or False: skip the step; True when disabled).
+    betas: each tensor's beta (None: first step; float: frozen; 0-dim tensor: adaptive) from
+        a function giving the per-tensor sums of the adaptive tensors.
+    scratch: temporaries shaped like a list of tensors (kept between steps on the CPU).
+    kernels: the optimizer's fused kernels (fused=True), else None.
+    """
+
+    grads_finite: Callable[[StepTensors], bool]
+    betas: Callable[[StepTensors, SumsFn], list[Beta]]
+    scratch: Callable[[str, list[Tensor]], list[Tensor]]
+    kernels: Any
+
+
+# A functional core: one step of an optimizer's math on gathered tensors; False if skipped.
+StepFn = Callable[[StepTensors, list[dict[str, Any]], StepServices, Impl], bool]
 
 
 def check_common_hparams(group: dict[str, Any], owner: str) -> None:
@@ -88,58 +113,32 @@ def check_common_hparams(group: dict[str, Any], owner: str) -> None:
         raise bad("frozen_beta", "must be None or in [0, 1]")
 
 
-def common_sum_dtype(tensors: list[Tensor]) -> torch.dtype:
-    """The dtype of a list's sums: fp64 if any tensor is fp64, else fp32."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+def has_history(state: dict[str, Any]) -> bool:
+    """The tensor has taken a step, so it has a momentum to weigh."""
+    return state["step"].item() > 0  # a CPU tensor: no device sync
 
 
-def squared_norms(tensors: list[Tensor]) -> Tensor:
-    """||t||^2 per tensor, in fp32 (fp64 for fp64 tensors): one read of each tensor."""
-    dtype = common_sum_dtype(tensors)
-    if all(t.dtype == dtype for t in tensors):  # the usual case: no casts
-        flat = [t.reshape(-1) for t in tensors]
-        return torch.stack([torch.dot(f, f) for f in flat])
-    if all(t.dtype in (torch.float32, torch.float64) for t in tensors):
-        # a BLAS dot reads the tensor once and is faster than a norm kernel on the CPU
-        return torch.stack([torch.dot(t.reshape(-1), t.reshape(-1)).to(dtype) for t in tensors])
-    return torch.stack(torch._foreach_norm(tensors, dtype=dtype)).to(dtype).square()
-
-
-def small_tensor(values: list[Any], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A few host values on the device without a host sync: a plain copy from pageable memory
-    would wait for the stream, so accelerators get a non-blocking copy from pinned memory."""
-    t = torch.tensor(values, dtype=dtype)
-    if device.type == "cpu":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
-
-
-def per_tensor(values: list[float], device: torch.device, dtype: torch.dtype) -> Tensor | float:
-    """Per-tensor hyper-parameters: one float when they agree (the usual case), else a vector."""
-    if all(v == values[0] for v in values):
-        return float(values[0])
-    return small_tensor(values, device, dtype)
-
-
-def beta_vector(
-    beta: list[Tensor | float | None], fill: list[float], device: torch.device, dtype: torch.dtype
-) -> Tensor:
-    """Per-tensor betas as one device vector; None (first step) takes `fill`. No host sync."""
-    first = beta[0]
-    if isinstance(first, Tensor) and all(b is first for b in beta):  # global scope
-        return first.to(dtype).reshape(1).expand(len(beta))
-    return torch.stack(
-        [
-            b.to(dtype)
-            if isinstance(b, Tensor)
-            else torch.full((), float(f if b is None else b), dtype=dtype, device=device)
-            for b, f in zip(beta, fill)
-        ]
-    )
+def restarts(
+    beta: Tensor, betas: list[Beta], groups: list[dict[str, Any]], gids: list[int]
+) -> Tensor | None:
+    """The Restart variant (momentum <- gradient) for each tensor of `beta`: where an adaptive
+    beta falls below its group's `restart_below`. None when no tensor can restart."""
+    thresholds = [
+        groups[g]["restart_below"] if isinstance(b, Tensor) else None for g, b in zip(gids, betas)
+    ]
+    return restart_mask(beta, thresholds)
 
 
 class AdaptiveMemoryOptimizer(Optimizer):
-    """Base class; see the module docstring. Not used directly."""
+    """Base class; see the module docstring. Subclasses set `functional` (their core), and
+    implement `_init_state` and `_state_tensors`."""
+
+    functional: StepFn
+    # AM-AdamW: the plane bias includes the decoupled decay term wd <g, x>
+    decoupled_decay = False
+    # Scalar state kept in the sums' dtype (fp32 for bf16/fp16 parameters). torch's
+    # load_state_dict casts floating state to the parameter's dtype; these keys are restored.
+    _sum_state_keys: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -177,20 +176,23 @@ class AdaptiveMemoryOptimizer(Optimizer):
         self.foreach = foreach
         self.fused = bool(fused)
         # created here, not in step(): torch.compile would trace the creation and lose it
-        self._fused_kernels: Any = None
+        self._fused_kernels: Any = self._make_kernels() if self.fused else None
         self._fused_fallbacks: set[str] = set()  # why fused steps fell back to foreach (warned)
-        if self.fused:
-            from amm.optim.fused import FusedKernels
-
-            self._fused_kernels = FusedKernels()
         self.process_group = process_group
         self._last_beta: Tensor | None = None
         self._scratch_cache: dict[str, list[Tensor]] = {}
         super().__init__(params, defaults)
 
-    # Scalar state kept in the sums' dtype (fp32 for bf16/fp16 parameters). torch's
-    # load_state_dict casts floating state to the parameter's dtype; these keys are restored.
-    _sum_state_keys: tuple[str, ...] = ()
+    def _make_kernels(self) -> Any:
+        """The optimizer's fused kernels (a `amm.optim._triton.Launcher`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused implementation")
+
+    def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _state_tensors(self, state: dict[str, Any]) -> tuple[Tensor, ...]:
+        """The per-element state the fused passes read and write (momentum, ...)."""
+        raise NotImplementedError
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict["state"]
@@ -259,36 +261,37 @@ class AdaptiveMemoryOptimizer(Optimizer):
             self._scratch_cache[name] = cached
         return cached
 
-    # ---- subclass hooks ------------------------------------------------------------------
-    def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def _has_history(self, state: dict[str, Any]) -> bool:
-        raise NotImplementedError
-
-    def _prepare(self, ts: StepTensors, foreach: bool) -> Any:
-        raise NotImplementedError
-
-    def _sums(self, ts: StepTensors, prep: Any, idx: list[int], foreach: bool) -> Tensor:
-        raise NotImplementedError
-
-    def _update(
-        self, ts: StepTensors, prep: Any, beta: list[Tensor | float | None], foreach: bool
-    ) -> None:
-        raise NotImplementedError
-
-    def _uses_decoupled_decay(self) -> bool:
-        return False
-
-    def _state_tensors(self, state: dict[str, Any]) -> tuple[Tensor, ...]:
-        """The per-element state the fused passes read and write (momentum, ...)."""
-        raise NotImplementedError
-
-    def _prepare_fused(self, ts: StepTensors) -> Any:
-        """Fused pass 1: the per-tensor sums, reading only; sets ts.grad_sq."""
-        raise NotImplementedError
-
     # ---- the step ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.plane_bias == "exact" and loss is None:
+            raise ValueError(
+                f"{type(self).__name__}(plane_bias='exact') needs the loss: call "
+                "optimizer.step(closure) with a closure that recomputes the loss and gradients"
+            )
+        ts = self._gather()
+        if not ts.params:
+            return loss
+        ts.reduce_group = self._reduce_group(ts)
+        impl = self._choose_impl(ts)  # the one decision of this step
+
+        def betas(ts: StepTensors, sums: SumsFn) -> list[Beta]:
+            return self._betas(ts, sums, loss)
+
+        services = StepServices(self._grads_finite, betas, self.scratch, self._fused_kernels)
+        if not type(self).functional(ts, self.param_groups, services, impl):
+            return loss  # nonfinite="skip": nothing changed
+        torch._foreach_add_([st["step"] for st in ts.states], 1.0)
+        for group in self.param_groups:
+            group["prev_lr"] = group["lr"]
+            if loss is not None:
+                group["prev_loss"] = loss.detach().clone()
+        return loss
+
     def _gather(self) -> StepTensors:
         ts = StepTensors()
         for gi, group in enumerate(self.param_groups):
@@ -304,8 +307,8 @@ class AdaptiveMemoryOptimizer(Optimizer):
                 state = self.state[p]
                 if not state:
                     self._init_state(p, state)
-                ts.params.append(_local(p))
-                ts.grads.append(_local(p.grad))
+                ts.params.append(local(p))
+                ts.grads.append(local(p.grad))
                 ts.states.append(state)
                 ts.group_ids.append(gi)
                 ts.where.append((gi, pi))
@@ -317,33 +320,32 @@ class AdaptiveMemoryOptimizer(Optimizer):
         name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
         return f"{name} (shape {list(group['params'][pi].shape)})"
 
-    def _use_foreach(self, ts: StepTensors) -> bool:
-        if self.foreach is not None:
-            return self.foreach
-        return not torch.jit.is_scripting()
-
-    def _use_fused(self, ts: StepTensors) -> bool:
+    def _choose_impl(self, ts: StepTensors) -> Impl:
         """fused=True where the kernels run (CUDA with Triton, dense fp32/bf16/fp16 tensors);
-        elsewhere (CPU, no Triton, fp64, ...) the foreach step, with a warning once per reason."""
-        if not self.fused:
-            return False
-        from amm.optim.fused import unsupported_reason
+        elsewhere (CPU, no Triton, fp64, ...) foreach, with a warning once per reason.
+        foreach=None means foreach (outside TorchScript)."""
+        if self.fused:
+            from amm.optim._triton import unsupported_reason
 
-        per_tensor = [
-            (p, g, *(_local(t) for t in self._state_tensors(st)))
-            for p, g, st in zip(ts.params, ts.grads, ts.states)
-        ]
-        reason = unsupported_reason(per_tensor)
-        if reason is None:
-            return True
-        if reason not in self._fused_fallbacks:  # say it once, not every step
-            self._fused_fallbacks.add(reason)
-            warnings.warn(
-                f"{type(self).__name__}(fused=True): {reason}; these steps use the foreach "
-                "implementation (the same math)",
-                stacklevel=4,
+            reason = unsupported_reason(
+                [
+                    (p, g, *(local(t) for t in self._state_tensors(st)))
+                    for p, g, st in zip(ts.params, ts.grads, ts.states)
+                ]
             )
-        return False
+            if reason is None:
+                return "fused"
+            if reason not in self._fused_fallbacks:  # say it once, not every step
+                self._fused_fallbacks.add(reason)
+                warnings.warn(
+                    f"{type(self).__name__}(fused=True): {reason}; these steps use the foreach "
+                    "implementation (the same math)",
+                    stacklevel=4,
+                )
+            return "foreach"
+        if self.foreach is not None:
+            return "foreach" if self.foreach else "single"
+        return "single" if torch.jit.is_scripting() else "foreach"
 
     def _reduce_group(self, ts: StepTensors) -> Any:
         if self.process_group is not None:
@@ -359,74 +361,35 @@ class AdaptiveMemoryOptimizer(Optimizer):
                     return mesh.get_group()
         return None
 
-    def _grads_finite(self, ts: StepTensors, reduce_group: Any) -> bool:
+    def _grads_finite(self, ts: StepTensors) -> bool:
         """One boolean read on the host; raises or tells the caller to skip the step."""
+        if self.nonfinite == "off":
+            return True
         if ts.grad_sq is None:  # the fused pass 1 computes it on the way
             ts.grad_sq = squared_norms(ts.grads)
         bad = ~torch.isfinite(ts.grad_sq)
         any_bad = bad.any().float()
-        if reduce_group is not None:
-            dist.all_reduce(any_bad, group=reduce_group)
+        if ts.reduce_group is not None:
+            dist.all_reduce(any_bad, group=ts.reduce_group)
         if not bool(any_bad):
             return True
         if self.nonfinite == "skip":
             return False
-        local = [self._param_name(*ts.where[i]) for i in torch.nonzero(bad).flatten().tolist()]
-        where = ", ".join(local) if local else "a parameter shard on another rank"
+        local_names = [
+            self._param_name(*ts.where[i]) for i in torch.nonzero(bad).flatten().tolist()
+        ]
+        where = ", ".join(local_names) if local_names else "a parameter shard on another rank"
         raise NonFiniteGradientError(
             f"{type(self).__name__}: non-finite gradient in {where}; the step was not applied. "
             "Lower the learning rate, use gradient clipping or AMP's GradScaler, or pass "
             "nonfinite='skip' to skip such steps."
         )
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # noqa: C901 - one readable sequence
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if self.plane_bias == "exact" and loss is None:
-            raise ValueError(
-                f"{type(self).__name__}(plane_bias='exact') needs the loss: call "
-                "optimizer.step(closure) with a closure that recomputes the loss and gradients"
-            )
-        ts = self._gather()
-        if not ts.params:
-            return loss
-        foreach = self._use_foreach(ts)
-        reduce_group = self._reduce_group(ts)
-        ts.sharded = reduce_group is not None
-        check = self.nonfinite != "off"
-        if self._use_fused(ts):
-            # pass 1 only reads, so checking after it still leaves the state untouched
-            prep = self._prepare_fused(ts)
-            if check and not self._grads_finite(ts, reduce_group):
-                return loss
-        else:
-            if check and not self._grads_finite(ts, reduce_group):
-                return loss
-            prep = self._prepare(ts, foreach)
-        beta = self._compute_beta(ts, prep, foreach, loss, reduce_group)
-        self._update(ts, prep, beta, foreach)
-
-        for group in self.param_groups:
-            group["prev_lr"] = group["lr"]
-            if loss is not None:
-                group["prev_loss"] = loss.detach().clone()
-        return loss
-
-    def _compute_beta(
-        self,
-        ts: StepTensors,
-        prep: Any,
-        foreach: bool,
-        loss: Tensor | None,
-        reduce_group: Any,
-    ) -> list[Tensor | float | None]:
+    def _betas(self, ts: StepTensors, sums: SumsFn, loss: Tensor | None) -> list[Beta]:
         """Per tensor: a frozen float, a 0-dim device tensor, or None (no history: first step)."""
         groups = self.param_groups
-        history = [i for i, st in enumerate(ts.states) if self._has_history(st)]
-        beta: list[Tensor | float | None] = [None] * len(ts.params)
+        history = [i for i, st in enumerate(ts.states) if has_history(st)]
+        beta: list[Beta] = [None] * len(ts.params)
         frozen = [groups[g]["frozen_beta"] for g in ts.group_ids]
         adaptive = [i for i in history if frozen[i] is None]
         for i in history:
@@ -435,7 +398,7 @@ class AdaptiveMemoryOptimizer(Optimizer):
         if not adaptive:
             return beta
 
-        rows = self._sums(ts, prep, adaptive, foreach)  # [n, 4]: cross, gap_sq, <g,d>, <g,x>
+        rows = sums(adaptive)  # [n, >= 4]: cross, gap_sq, <g,d>, <g,x>
         device, dtype = rows.device, rows.dtype
         gids = [ts.group_ids[i] for i in adaptive]
         eta = per_tensor([groups[g]["lr"] for g in gids], device, dtype)
@@ -443,7 +406,7 @@ class AdaptiveMemoryOptimizer(Optimizer):
             [groups[g]["prev_lr"] or groups[g]["lr"] for g in gids], device, dtype
         )
         g_dot_d = rows[:, 2]
-        if self._uses_decoupled_decay():
+        if self.decoupled_decay:
             wd = per_tensor([groups[g]["weight_decay"] for g in gids], device, dtype)
             g_dot_d = g_dot_d + wd * rows[:, 3]
         # exact: f(x_{t-1}) - f(x_t) is added after the reduction (it is global already);
@@ -452,52 +415,20 @@ class AdaptiveMemoryOptimizer(Optimizer):
         plane = torch.zeros_like(g_dot_d) if exact else eta_prev * g_dot_d
         weighted = torch.stack([plane, eta * rows[:, 0], eta * rows[:, 1]], dim=1)
 
-        if self.beta_scope == "global":
-            unit_of = [0] * len(adaptive)
-            packed = weighted.sum(0, keepdim=True)
-        else:
-            if self.beta_scope == "per-group":
-                present = sorted(set(gids))
-                unit_of = [present.index(g) for g in gids]
-            else:
-                unit_of = list(range(len(adaptive)))
-            index = small_tensor(unit_of, device, torch.long)
-            packed = torch.zeros(max(unit_of) + 1, 3, dtype=dtype, device=device)
-            packed.index_add_(0, index, weighted)
-        if reduce_group is not None:
-            dist.all_reduce(packed, group=reduce_group)  # the one collective of a sharded step
+        packed, unit_of = reduce_scope(weighted, self.beta_scope, gids)
+        if ts.reduce_group is not None:
+            dist.all_reduce(packed, group=ts.reduce_group)  # the one collective of a sharded step
         if exact:
+            assert loss is not None  # step() checks it
             prev_loss = groups[0]["prev_loss"].to(device=device, dtype=dtype)
             packed[:, 0] = prev_loss - loss.detach().to(device=device, dtype=dtype)
 
-        # One vectorised call per distinct (lam, beta_min, beta_max); usually there is one.
         unit_gid = {u: g for u, g in zip(unit_of, gids)}
-        settings: dict[tuple[float, float, float], list[int]] = {}
-        for u in range(packed.shape[0]):
-            g = groups[unit_gid[u]]
-            settings.setdefault((g["lam"], g["beta_min"], g["beta_max"]), []).append(u)
-        if len(settings) == 1:
-            (lam, beta_min, beta_max), _ = settings.popitem()
-            unit_beta = adaptive_beta(
-                packed[:, 0],
-                packed[:, 1],
-                packed[:, 2],
-                lam=lam,
-                beta_min=beta_min,
-                beta_max=beta_max,
-            )
-        else:
-            unit_beta = torch.empty(packed.shape[0], dtype=dtype, device=device)
-            for (lam, beta_min, beta_max), members in settings.items():
-                sel = small_tensor(members, device, torch.long)
-                p = packed.index_select(0, sel)
-                unit_beta.index_copy_(
-                    0,
-                    sel,
-                    adaptive_beta(
-                        p[:, 0], p[:, 1], p[:, 2], lam=lam, beta_min=beta_min, beta_max=beta_max
-                    ),
-                )
+        settings = [
+            (groups[g]["lam"], groups[g]["beta_min"], groups[g]["beta_max"])
+            for g in (unit_gid[u] for u in range(packed.shape[0]))
+        ]
+        unit_beta = unit_betas(packed, settings)
         self._last_beta = unit_beta
         per_unit = unit_beta.unbind()
         for k, i in enumerate(adaptive):

@@ -1,14 +1,16 @@
-"""Fused (Triton) elementwise passes of AM-AdamW and AM-SGD: two multi-tensor kernels a step.
+"""The Triton machinery shared by the fused steps of the AM optimizers (their kernels live in
+am_sgd_kernels.py and am_adamw_kernels.py): block and pointer tables, masked/aligned loads and
+stores, the deterministic per-tensor reduction of partial sums, and the launcher.
 
-Pass 1 reads the state and returns each tensor's sums for the beta formula; beta itself is
-computed from those few numbers in torch, by the same code as the foreach path
-(`amm.optim.beta.adaptive_beta`); pass 2 updates momentum, second moment and parameters.
+A fused step is two multi-tensor kernels. Pass 1 reads the state and returns each tensor's
+sums for the beta formula; beta itself is computed from those few numbers in torch, by the
+same code as the foreach path (`amm.optim.beta`); pass 2 updates momentum, second moment and
+parameters.
 
 - One launch covers every tensor of a dtype: a block table maps each program to (tensor,
   offset), and pointer tables hold the tensors' addresses, so the launch count does not grow
   with the number of tensors.
-- Pass 1 writes nothing, so the non-finite check after it leaves the state untouched; the
-  second moment is recomputed in pass 2 instead of being stored in pass 1 (same traffic).
+- Pass 1 writes nothing, so the non-finite check after it leaves the state untouched.
 - Per-block partial sums are reduced per tensor in a fixed order: the result is
   deterministic, so DDP ranks compute the same beta.
 - No host sync: tables travel host -> device as non-blocking copies from pinned memory.
@@ -16,15 +18,10 @@ computed from those few numbers in torch, by the same code as the foreach path
   tensor of the launch is 16-byte aligned (the usual case; checked on the host): Triton
   vectorises only accesses it knows to be aligned and whole.
 
-Memory traffic per parameter, in passes over 4-byte state: AM-AdamW pass 1 reads g, m, v (and
-x when weight decay needs <g, x>), pass 2 reads g, m, v, x and writes m, v, x: 10 (11) passes
-against fused AdamW's 7. AM-SGD: pass 1 reads g, d (and x with coupled decay), pass 2 reads
-g, d, x and writes d, x: 7 (8) passes against SGD-momentum's 5.
-
 Per-tensor beta uses the same two passes: a tensor's beta needs that tensor's sums before any
 of its elements can be updated, so one pass would have to hold the whole tensor on chip, and
 LLaMA's weight matrices (with g, m, v: 67-180 MB each at 1B) are larger than the GPU's
-registers and L2 together. Its cost is therefore that of the global beta, not AdamW's 7 passes.
+registers and L2 together. Its cost is therefore that of the global beta.
 
 Runs on CUDA tensors with Triton; on the CPU only in Triton's interpreter
 (TRITON_INTERPRET=1, which the tests use to check fused == foreach without a GPU).
@@ -40,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from amm.optim._base import small_tensor
+from amm.optim._tensors import small_tensor
 
 try:
     import triton
@@ -135,139 +132,6 @@ if triton is not None:
             tl.store(ptrs, value.to(DTYPE))
 
     @triton.jit
-    def _adam_metric(g, v, mask, beta2, eps):
-        """The new second moment and 1 / (sqrt(v) + eps), IEEE-rounded like torch's ops."""
-        v = beta2 * v + (1.0 - beta2) * g * g
-        inv = tl.div_rn(tl.zeros_like(v) + 1.0, tl.sqrt_rn(v) + eps)  # both operands blocks
-        return v, tl.where(mask, inv, 0.0)
-
-    @triton.jit
-    def _am_adamw_sums(
-        g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, out,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
-        MASKED: tl.constexpr, ALIGNED: tl.constexpr,
-    ):  # fmt: skip
-        beta2, eps = tl.load(hyper + t * 4), tl.load(hyper + t * 4 + 1)
-        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        m = _load(m_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        v = _load(v_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        v, inv = _adam_metric(g, v, mask, beta2, eps)
-        u = g * inv
-        tl.store(out, tl.sum(g * u, axis=0))  # ||g||_P^2 (unscaled)
-        tl.store(out + 1, tl.sum(m * u, axis=0))  # <g, d>_P
-        tl.store(out + 2, tl.sum(m * m * inv, axis=0))  # ||d||_P^2
-        if WITH_DECAY:
-            x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-            tl.store(out + 3, tl.sum(g * x, axis=0))
-        else:
-            tl.store(out + 3, 0.0)
-        tl.store(out + 4, tl.sum(g * g, axis=0))  # ||g||^2: the non-finite check
-
-    @triton.jit
-    def _am_adamw_sums_kernel(
-        g_tab, m_tab, v_tab, x_tab, numels, block_tensor, block_start, hyper, partials,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
-        ALIGNED: tl.constexpr,
-    ):  # fmt: skip
-        pid, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
-        args = (g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, partials + pid * NCOL)
-        if full:
-            _am_adamw_sums(*args, DTYPE, WITH_DECAY, BLOCK, False, ALIGNED)
-        else:
-            _am_adamw_sums(*args, DTYPE, WITH_DECAY, BLOCK, True, ALIGNED)
-
-    @triton.jit
-    def _am_adamw_update(
-        g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, weights,
-        DTYPE: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr,
-    ):  # fmt: skip
-        beta2, eps = tl.load(hyper + t * 4), tl.load(hyper + t * 4 + 1)
-        decay, step = tl.load(hyper + t * 4 + 2), tl.load(hyper + t * 4 + 3)
-        w = tl.load(weights + t)
-        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        m = _load(m_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        v = _load(v_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        v, inv = _adam_metric(g, v, mask, beta2, eps)
-        m = m + w * (g - m)  # m_hat <- lerp(m_hat, g, w)
-        x = x * decay + step * m * inv
-        _store(v_tab, t, offs, mask, v, DTYPE, BLOCK, MASKED, ALIGNED)
-        _store(m_tab, t, offs, mask, m, DTYPE, BLOCK, MASKED, ALIGNED)
-        _store(x_tab, t, offs, mask, x, DTYPE, BLOCK, MASKED, ALIGNED)
-
-    @triton.jit
-    def _am_adamw_update_kernel(
-        g_tab, m_tab, v_tab, x_tab, numels, block_tensor, block_start, hyper, weights,
-        DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
-    ):  # fmt: skip
-        _, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
-        args = (g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, weights)
-        if full:
-            _am_adamw_update(*args, DTYPE, BLOCK, False, ALIGNED)
-        else:
-            _am_adamw_update(*args, DTYPE, BLOCK, True, ALIGNED)
-
-    @triton.jit
-    def _am_sgd_sums(
-        g_tab, d_tab, x_tab, t, offs, mask, hyper, out,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
-        MASKED: tl.constexpr, ALIGNED: tl.constexpr,
-    ):  # fmt: skip
-        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        d = _load(d_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        if WITH_DECAY:  # coupled decay: the effective gradient g + wd x
-            x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-            g = g + tl.load(hyper + t * 2) * x
-        tl.store(out, tl.sum(g * g, axis=0))
-        tl.store(out + 1, tl.sum(g * d, axis=0))
-        tl.store(out + 2, tl.sum(d * d, axis=0))
-        tl.store(out + 3, 0.0)
-        tl.store(out + 4, tl.sum(g * g, axis=0))
-
-    @triton.jit
-    def _am_sgd_sums_kernel(
-        g_tab, d_tab, x_tab, numels, block_tensor, block_start, hyper, partials,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
-        ALIGNED: tl.constexpr,
-    ):  # fmt: skip
-        pid, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
-        args = (g_tab, d_tab, x_tab, t, offs, mask, hyper, partials + pid * NCOL)
-        if full:
-            _am_sgd_sums(*args, DTYPE, WITH_DECAY, BLOCK, False, ALIGNED)
-        else:
-            _am_sgd_sums(*args, DTYPE, WITH_DECAY, BLOCK, True, ALIGNED)
-
-    @triton.jit
-    def _am_sgd_update(
-        g_tab, d_tab, x_tab, t, offs, mask, hyper, weights,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
-        MASKED: tl.constexpr, ALIGNED: tl.constexpr,
-    ):  # fmt: skip
-        neg_lr, w = tl.load(hyper + t * 2 + 1), tl.load(weights + t)
-        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        d = _load(d_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        if WITH_DECAY:
-            g = g + tl.load(hyper + t * 2) * x
-        d = d + w * (g - d)  # d <- lerp(d, g, w)
-        x = x + neg_lr * d
-        _store(d_tab, t, offs, mask, d, DTYPE, BLOCK, MASKED, ALIGNED)
-        _store(x_tab, t, offs, mask, x, DTYPE, BLOCK, MASKED, ALIGNED)
-
-    @triton.jit
-    def _am_sgd_update_kernel(
-        g_tab, d_tab, x_tab, numels, block_tensor, block_start, hyper, weights,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
-        ALIGNED: tl.constexpr,
-    ):  # fmt: skip
-        _, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
-        args = (g_tab, d_tab, x_tab, t, offs, mask, hyper, weights)
-        if full:
-            _am_sgd_update(*args, DTYPE, WITH_DECAY, BLOCK, False, ALIGNED)
-        else:
-            _am_sgd_update(*args, DTYPE, WITH_DECAY, BLOCK, True, ALIGNED)
-
-    @triton.jit
     def _segment_sum_kernel(partials, block_offsets, out, NCOL: tl.constexpr, RBLOCK: tl.constexpr):
         """Row sums of each tensor's run of partials, always in the same order."""
         t = tl.program_id(0)
@@ -296,8 +160,8 @@ class _Launch:
     blocks: int
 
 
-class FusedKernels:
-    """Launches the fused passes; caches block tables (by shapes) and pointer tables (by
+class Launcher:
+    """Launches an optimizer's fused passes (subclassed per optimizer); caches block tables (by shapes) and pointer tables (by
     addresses: parameters and state do not move; gradients may, and are re-sent then)."""
 
     def __init__(self) -> None:
@@ -416,63 +280,6 @@ class FusedKernels:
                     ALIGNED=aligned,
                     **meta,
                 )
-
-    # ---- AM-AdamW ------------------------------------------------------------------------
-    def am_adamw_sums(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        moms: list[Tensor],
-        second: list[Tensor],
-        hyper: Tensor,
-        with_decay: bool,
-    ) -> Tensor:
-        """hyper: [tensors, 4] fp32 (beta2, eps sqrt(1 - beta2^t), decay, step size).
-        Columns: ||g||_P^2, <g, d>_P, ||d||_P^2 (times sqrt(1 - beta2^t) gives the metric of
-        ALGORITHM.md), <g, x>, ||g||^2."""
-        roles = dict(g=grads, m=moms, v=second, x=params)
-        return self._sums(_am_adamw_sums_kernel, roles, hyper, WITH_DECAY=with_decay)
-
-    def am_adamw_update(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        moms: list[Tensor],
-        second: list[Tensor],
-        hyper: Tensor,
-        weights: Tensor,
-    ) -> None:
-        """v <- beta2 v + (1 - beta2) g^2; m_hat <- lerp(m_hat, g, w);
-        x <- decay x + step m_hat / (sqrt(v) + eps sqrt(1 - beta2^t))."""
-        roles = dict(g=grads, m=moms, v=second, x=params)
-        self._update(_am_adamw_update_kernel, roles, hyper, weights)
-
-    # ---- AM-SGD --------------------------------------------------------------------------
-    def am_sgd_sums(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        bufs: list[Tensor],
-        hyper: Tensor,
-        with_decay: bool,
-    ) -> Tensor:
-        """hyper: [tensors, 2] fp32 (weight decay, -lr). Columns of the effective gradient
-        g = grad + wd x: ||g||^2, <g, d>, ||d||^2, 0, ||g||^2."""
-        roles = dict(g=grads, d=bufs, x=params)
-        return self._sums(_am_sgd_sums_kernel, roles, hyper, WITH_DECAY=with_decay)
-
-    def am_sgd_update(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        bufs: list[Tensor],
-        hyper: Tensor,
-        weights: Tensor,
-        with_decay: bool,
-    ) -> None:
-        """d <- lerp(d, grad + wd x, w); x <- x - lr d."""
-        roles = dict(g=grads, d=bufs, x=params)
-        self._update(_am_sgd_update_kernel, roles, hyper, weights, WITH_DECAY=with_decay)
 
 
 def _current_device(device: torch.device) -> Any:

@@ -1,4 +1,5 @@
-"""AM-AdamW: AdamW whose first-moment coefficient adapts every step (ALGORITHM.md, section 3).
+"""AM-AdamW: AdamW whose first-moment coefficient adapts every step (docs/algorithm.md,
+section 3).
 
 The metric is P_t = diag(sqrt(v_hat_t) + eps) with Adam's second moment; inner products in the
 beta formula are P^-1-weighted; the plane bias includes decoupled weight decay:
@@ -10,6 +11,10 @@ beta formula are P^-1-weighted; the plane bias includes decoupled weight decay:
 State: we store the bias-corrected momentum m_hat = m / c (it is the d of the beta formula), its
 correction c (to advance m_hat without storing m), and v. With beta frozen at beta1 and lam = 0
 this is exactly Adam's bias correction, so AM-AdamW then matches torch.optim.AdamW.
+
+The functional core `am_adamw` runs one of three branches with the same signature:
+`_single_tensor_am_adamw` (the reference), `_multi_tensor_am_adamw` (foreach) and
+`_fused_am_adamw` (Triton, am_adamw_kernels.py).
 """
 
 from __future__ import annotations
@@ -23,25 +28,25 @@ from torch import Tensor
 
 from amm.optim._base import (
     AdaptiveMemoryOptimizer,
+    Impl,
+    StepServices,
     StepTensors,
-    _local,
+    restarts,
+)
+from amm.optim._tensors import (
+    Beta,
     beta_vector,
+    by_group,
     common_sum_dtype,
+    dot,
+    local,
     per_tensor,
     small_tensor,
     sum_dtype,
 )
-from amm.optim.am_sgd import _by_group, _dot, gap_and_cross
+from amm.optim.beta import gap_and_cross
 
-
-@dataclass
-class _FusedPrep:
-    """Fused pass 1's output: per-tensor columns (see FusedKernels.am_adamw_sums), the
-    per-tensor hyper-parameters of both passes, and sqrt(1 - beta2^t) per tensor."""
-
-    rows: Tensor
-    hyper: Tensor
-    scales: list[float]
+# ---- the sums of the beta formula ---------------------------------------------------------
 
 
 @dataclass
@@ -74,7 +79,7 @@ def _single_tensor_am_adamw_sums(
                     ((g + lam * d) * (g - d) * p_inv).sum(),
                     ((g - d) * (g - d) * p_inv).sum(),
                     (g * d * p_inv).sum(),
-                    _dot(g, x),
+                    dot(g, x),
                 ]
             )
         )
@@ -98,18 +103,18 @@ def _multi_tensor_am_adamw_sums(
         params, inv = [p.to(dtype) for p in params], [i.to(dtype) for i in inv]
     scale = per_tensor(metric.scales, grads[0].device, dtype)
     if scratch is None or scratch[0].dtype != dtype:
-        u = torch._foreach_mul(grads, inv)
+        u = list(torch._foreach_mul(grads, inv))
     else:
         u = scratch
         for g, inv_i, u_i in zip(grads, inv, u):
             torch.mul(g, inv_i, out=u_i)
-    g_sq = torch.stack([_dot(g, u_i) for g, u_i in zip(grads, u)]) * scale
-    g_dot_d = torch.stack([_dot(m, u_i) for m, u_i in zip(moms, u)]) * scale
+    g_sq = torch.stack([dot(g, u_i) for g, u_i in zip(grads, u)]) * scale
+    g_dot_d = torch.stack([dot(m, u_i) for m, u_i in zip(moms, u)]) * scale
     for m, inv_i, u_i in zip(moms, inv, u):
         torch.mul(m, inv_i, out=u_i)
-    d_sq = torch.stack([_dot(m, u_i) for m, u_i in zip(moms, u)]) * scale
+    d_sq = torch.stack([dot(m, u_i) for m, u_i in zip(moms, u)]) * scale
     if with_decay:
-        g_dot_x = torch.stack([_dot(g, p) for g, p in zip(grads, params)])
+        g_dot_x = torch.stack([dot(g, p) for g, p in zip(grads, params)])
     else:
         g_dot_x = torch.zeros_like(g_sq)
     gap_sq, cross = gap_and_cross(g_sq, g_dot_d, d_sq, lam)
@@ -132,6 +137,182 @@ def am_adamw_sums(
     if foreach:
         return _multi_tensor_am_adamw_sums(grads, moms, params, metric, lam, with_decay, scratch)
     return _single_tensor_am_adamw_sums(grads, moms, params, metric, lam)
+
+
+# ---- the functional core ------------------------------------------------------------------
+
+
+def am_adamw(
+    ts: StepTensors, groups: list[dict[str, Any]], services: StepServices, impl: Impl
+) -> bool:
+    """One AM-AdamW step on gathered tensors with the chosen implementation; False if the
+    non-finite check skipped it (nothing changed then)."""
+    branch = {
+        "single": _single_tensor_am_adamw,
+        "foreach": _multi_tensor_am_adamw,
+        "fused": _fused_am_adamw,
+    }[impl]
+    return branch(ts, groups, services, impl)
+
+
+def _single_tensor_am_adamw(
+    ts: StepTensors, groups: list[dict[str, Any]], services: StepServices, impl: Impl
+) -> bool:
+    return _unfused_am_adamw(ts, groups, services, foreach=False)
+
+
+def _multi_tensor_am_adamw(
+    ts: StepTensors, groups: list[dict[str, Any]], services: StepServices, impl: Impl
+) -> bool:
+    return _unfused_am_adamw(ts, groups, services, foreach=True)
+
+
+def _unfused_am_adamw(
+    ts: StepTensors, groups: list[dict[str, Any]], services: StepServices, foreach: bool
+) -> bool:
+    """The single-tensor and foreach branches: the same sequence, loops or foreach ops."""
+    if not services.grads_finite(ts):
+        return False
+    metric = _second_moment(ts, groups, services, foreach)
+    moms = [local(st["momentum"]) for st in ts.states]
+
+    def rows(members: list[int], lam: float) -> Tensor:
+        return am_adamw_sums(
+            [ts.grads[i] for i in members],
+            [moms[i] for i in members],
+            [ts.params[i] for i in members],
+            _Metric([metric.inv[i] for i in members], [metric.scales[i] for i in members]),
+            lam=lam,
+            foreach=foreach,
+            with_decay=any(groups[ts.group_ids[i]]["weight_decay"] for i in members),
+            scratch=services.scratch(f"u{len(members)}", [ts.grads[i] for i in members])
+            if foreach
+            else None,
+        )
+
+    def sums(idx: list[int]) -> Tensor:
+        lams = [groups[ts.group_ids[i]]["lam"] for i in idx]
+        if len(set(lams)) == 1:
+            return rows(idx, lams[0])
+        return torch.cat([rows([i], lam) for i, lam in zip(idx, lams)])
+
+    w = _momentum_weights(ts, groups, services.betas(ts, sums))
+    weights = [w_i.to(m.dtype) for w_i, m in zip(w.unbind(), moms)]
+    if foreach:
+        torch._foreach_lerp_(moms, ts.grads, weights)
+    else:
+        for m_i, g_i, w_i in zip(moms, ts.grads, weights):
+            m_i.lerp_(g_i, w_i)
+    for gid, members in by_group(ts.group_ids).items():
+        lr, wd = groups[gid]["lr"], groups[gid]["weight_decay"]
+        p = [ts.params[i] for i in members]
+        m = [moms[i] for i in members]
+        inv = [metric.inv[i] for i in members]
+        step_sizes: list[float] = [-lr * metric.scales[i] for i in members]
+        if foreach:
+            if wd != 0:
+                torch._foreach_mul_(p, 1 - lr * wd)
+            torch._foreach_addcmul_(p, m, inv, step_sizes)
+        else:
+            for p_i, m_i, inv_i, s_i in zip(p, m, inv, step_sizes):
+                if wd != 0:
+                    p_i.mul_(1 - lr * wd)
+                p_i.addcmul_(m_i, inv_i, value=s_i)
+    return True
+
+
+def _fused_am_adamw(
+    ts: StepTensors, groups: list[dict[str, Any]], services: StepServices, impl: Impl
+) -> bool:
+    """Pass 1 (reads only): per-tensor sums in the metric of the new second moment; pass 2:
+    v, m_hat and x in one kernel."""
+    hyper, scales = [], []
+    for st, gid in zip(ts.states, ts.group_ids):
+        group = groups[gid]
+        beta2 = group["betas"][1]
+        scale = math.sqrt(1 - beta2 ** (st["step"].item() + 1))
+        lr, wd = group["lr"], group["weight_decay"]
+        hyper.append([beta2, group["eps"] * scale, 1 - lr * wd, -lr * scale])
+        scales.append(scale)
+    hyper_t = small_tensor(hyper, ts.params[0].device, torch.float32)
+    with_decay = any(groups[g]["weight_decay"] != 0 for g in ts.group_ids)
+    moms = [local(st["momentum"]) for st in ts.states]
+    second = [local(st["exp_avg_sq"]) for st in ts.states]
+    raw = services.kernels.sums(ts.params, ts.grads, moms, second, hyper_t, with_decay)
+    ts.grad_sq = raw[:, 4]
+    if not services.grads_finite(ts):  # pass 1 only read: the state is untouched
+        return False
+
+    def sums(idx: list[int]) -> Tensor:
+        """The rows of the other branches from pass 1's columns (scaled into the metric)."""
+        rows = raw
+        if len(idx) != len(ts.params):
+            rows = raw.index_select(0, small_tensor(idx, raw.device, torch.long))
+        scale = per_tensor([scales[i] for i in idx], rows.device, rows.dtype)
+        lam = per_tensor([groups[ts.group_ids[i]]["lam"] for i in idx], rows.device, rows.dtype)
+        g_sq, g_dot_d, d_sq = rows[:, 0] * scale, rows[:, 1] * scale, rows[:, 2] * scale
+        gap_sq, cross = gap_and_cross(g_sq, g_dot_d, d_sq, lam)
+        return torch.stack([cross, gap_sq, g_dot_d, rows[:, 3]], dim=1)
+
+    w = _momentum_weights(ts, groups, services.betas(ts, sums))
+    services.kernels.update(ts.params, ts.grads, moms, second, hyper_t, w.to(torch.float32))
+    return True
+
+
+# ---- shared by the branches ---------------------------------------------------------------
+
+
+def _second_moment(
+    ts: StepTensors, groups: list[dict[str, Any]], services: StepServices, foreach: bool
+) -> _Metric:
+    """Second moment v_t (with g_t) and the denominator of P_t, shared by sums and update."""
+    invs: list[Tensor] = [None] * len(ts.params)  # type: ignore[list-item]
+    scales = [0.0] * len(ts.params)
+    for gid, members in by_group(ts.group_ids).items():
+        beta2, eps = groups[gid]["betas"][1], groups[gid]["eps"]
+        vs = [local(ts.states[i]["exp_avg_sq"]) for i in members]
+        gs = [ts.grads[i] for i in members]
+        bc2 = [1 - beta2 ** (ts.states[i]["step"].item() + 1) for i in members]
+        if foreach:
+            torch._foreach_mul_(vs, beta2)
+            torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
+            ds = services.scratch(f"inv{gid}", vs)
+            for v, d in zip(vs, ds):
+                torch.sqrt(v, out=d)
+            torch._foreach_add_(ds, [eps * math.sqrt(b) for b in bc2])
+            torch._foreach_reciprocal_(ds)
+        else:
+            ds = []
+            for v, g, b in zip(vs, gs, bc2):
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                ds.append(v.sqrt().add_(eps * math.sqrt(b)).reciprocal_())
+        for k, i in enumerate(members):
+            invs[i], scales[i] = ds[k], math.sqrt(bc2[k])
+    return _Metric(invs, scales)
+
+
+def _momentum_weights(ts: StepTensors, groups: list[dict[str, Any]], beta: list[Beta]) -> Tensor:
+    """Per tensor, the w of m_hat_{t+1} = lerp(m_hat_t, g, w); advances the corrections c."""
+    corrections = [st["bias_correction"] for st in ts.states]
+    c = torch.stack(corrections)
+    lam = per_tensor([groups[g]["lam"] for g in ts.group_ids], c.device, c.dtype)
+    # t = 1 has no momentum to weigh: beta = 0 (m_hat_1 = g_1), or the frozen value
+    fill = [groups[g]["frozen_beta"] or 0.0 for g in ts.group_ids]
+    b = beta_vector(beta, fill, c.device, c.dtype)
+    # w = (1 - beta) / ((beta + lam) c_t + 1 - beta)
+    keep = (b + lam) * c
+    w = (1 - b) / (keep + (1 - b))
+    c_next = (keep + (1 - b)) / (1 + lam)
+    restart = restarts(b, beta, groups, ts.group_ids)
+    if restart is not None:  # Restart: m_hat <- g, c <- 1
+        w = torch.where(restart, torch.ones_like(w), w)
+        c_next = torch.where(restart, torch.ones_like(c_next), c_next)
+    w = torch.nan_to_num(w, nan=0.0)  # 0/0 only for beta = 1 with c = 0: keep the state
+    torch._foreach_copy_(corrections, list(c_next.unbind()))
+    return w
+
+
+# ---- the class ----------------------------------------------------------------------------
 
 
 class AMAdamW(AdaptiveMemoryOptimizer):
@@ -201,175 +382,21 @@ class AMAdamW(AdaptiveMemoryOptimizer):
         if not group["eps"] >= 0.0:
             raise ValueError(f"AMAdamW: invalid eps={group['eps']!r}: must be >= 0")
 
-    def _uses_decoupled_decay(self) -> bool:
-        return True
-
+    functional = staticmethod(am_adamw)
+    decoupled_decay = True
     _sum_state_keys = ("bias_correction",)
+
+    def _make_kernels(self) -> Any:
+        from amm.optim.am_adamw_kernels import AMAdamWKernels
+
+        return AMAdamWKernels()
 
     def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0)
         state["momentum"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        # c of ALGORITHM.md section 3, on the device: it depends on beta, which stays there.
+        # c of docs/algorithm.md section 3, on the device: it depends on beta, which stays there.
         state["bias_correction"] = torch.zeros((), dtype=sum_dtype(param), device=param.device)
-
-    def _has_history(self, state: dict[str, Any]) -> bool:
-        return state["step"].item() > 0  # a CPU tensor: no device sync
 
     def _state_tensors(self, state: dict[str, Any]) -> tuple[Tensor, ...]:
         return state["momentum"], state["exp_avg_sq"]
-
-    def _prepare_fused(self, ts: StepTensors) -> _FusedPrep:
-        """Fused pass 1 (reads only): per-tensor sums in the metric of the new second moment."""
-        groups = self.param_groups
-        hyper, scales = [], []
-        for st, gid in zip(ts.states, ts.group_ids):
-            group = groups[gid]
-            beta2 = group["betas"][1]
-            scale = math.sqrt(1 - beta2 ** (st["step"].item() + 1))
-            lr, wd = group["lr"], group["weight_decay"]
-            hyper.append([beta2, group["eps"] * scale, 1 - lr * wd, -lr * scale])
-            scales.append(scale)
-        device = ts.params[0].device
-        hyper_t = small_tensor(hyper, device, torch.float32)
-        with_decay = any(groups[g]["weight_decay"] != 0 for g in ts.group_ids)
-        rows = self._fused_kernels.am_adamw_sums(
-            ts.params,
-            ts.grads,
-            [_local(st["momentum"]) for st in ts.states],
-            [_local(st["exp_avg_sq"]) for st in ts.states],
-            hyper_t,
-            with_decay,
-        )
-        ts.grad_sq = rows[:, 4]
-        return _FusedPrep(rows, hyper_t, scales)
-
-    def _prepare(self, ts: StepTensors, foreach: bool) -> _Metric:
-        """Second moment v_t (with g_t) and the denominator of P_t, shared by sums and update."""
-        groups = self.param_groups
-        invs: list[Tensor] = [None] * len(ts.params)  # type: ignore[list-item]
-        scales = [0.0] * len(ts.params)
-        for gid, members in _by_group(ts.group_ids).items():
-            beta2, eps = groups[gid]["betas"][1], groups[gid]["eps"]
-            vs = [_local(ts.states[i]["exp_avg_sq"]) for i in members]
-            gs = [ts.grads[i] for i in members]
-            bc2 = [1 - beta2 ** (ts.states[i]["step"].item() + 1) for i in members]
-            if foreach:
-                torch._foreach_mul_(vs, beta2)
-                torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
-                ds = self.scratch(f"inv{gid}", vs)
-                for v, d in zip(vs, ds):
-                    torch.sqrt(v, out=d)
-                torch._foreach_add_(ds, [eps * math.sqrt(b) for b in bc2])
-                torch._foreach_reciprocal_(ds)
-            else:
-                ds = []
-                for v, g, b in zip(vs, gs, bc2):
-                    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                    ds.append(v.sqrt().add_(eps * math.sqrt(b)).reciprocal_())
-            for k, i in enumerate(members):
-                invs[i], scales[i] = ds[k], math.sqrt(bc2[k])
-        return _Metric(invs, scales)
-
-    def _sums(
-        self, ts: StepTensors, metric: _Metric | _FusedPrep, idx: list[int], foreach: bool
-    ) -> Tensor:
-        if isinstance(metric, _FusedPrep):
-            return self._fused_sums(ts, metric, idx)
-
-        def rows(members: list[int], lam: float) -> Tensor:
-            return am_adamw_sums(
-                [ts.grads[i] for i in members],
-                [_local(ts.states[i]["momentum"]) for i in members],
-                [ts.params[i] for i in members],
-                _Metric([metric.inv[i] for i in members], [metric.scales[i] for i in members]),
-                lam=lam,
-                foreach=foreach,
-                with_decay=any(self.param_groups[ts.group_ids[i]]["weight_decay"] for i in members),
-                scratch=self.scratch(f"u{len(members)}", [ts.grads[i] for i in members])
-                if foreach
-                else None,
-            )
-
-        lams = [self.param_groups[ts.group_ids[i]]["lam"] for i in idx]
-        if len(set(lams)) == 1:
-            return rows(idx, lams[0])
-        return torch.cat([rows([i], lam) for i, lam in zip(idx, lams)])
-
-    def _fused_sums(self, ts: StepTensors, prep: _FusedPrep, idx: list[int]) -> Tensor:
-        """The rows of `_sums` from the fused pass-1 columns (scaled into the metric here)."""
-        raw = prep.rows
-        if len(idx) != len(ts.params):
-            raw = raw.index_select(0, small_tensor(idx, raw.device, torch.long))
-        scale = per_tensor([prep.scales[i] for i in idx], raw.device, raw.dtype)
-        lam = per_tensor(
-            [self.param_groups[ts.group_ids[i]]["lam"] for i in idx], raw.device, raw.dtype
-        )
-        g_sq, g_dot_d, d_sq = raw[:, 0] * scale, raw[:, 1] * scale, raw[:, 2] * scale
-        gap_sq, cross = gap_and_cross(g_sq, g_dot_d, d_sq, lam)
-        return torch.stack([cross, gap_sq, g_dot_d, raw[:, 3]], dim=1)
-
-    def _update(
-        self,
-        ts: StepTensors,
-        metric: _Metric | _FusedPrep,
-        beta: list[Tensor | float | None],
-        foreach: bool,
-    ) -> None:
-        groups = self.param_groups
-        moms = [_local(st["momentum"]) for st in ts.states]
-        corrections = [st["bias_correction"] for st in ts.states]
-        c = torch.stack(corrections)
-        lam = per_tensor([groups[g]["lam"] for g in ts.group_ids], c.device, c.dtype)
-        # t = 1 has no momentum to weigh: beta = 0 (m_hat_1 = g_1), or the frozen value
-        fill = [groups[g]["frozen_beta"] or 0.0 for g in ts.group_ids]
-        b = beta_vector(beta, fill, c.device, c.dtype)
-        # m_hat_{t+1} = lerp(m_hat_t, g, w) with w = (1 - beta) / ((beta + lam) c_t + 1 - beta)
-        keep = (b + lam) * c
-        w = (1 - b) / (keep + (1 - b))
-        c_next = (keep + (1 - b)) / (1 + lam)
-        thresholds = [
-            groups[g]["restart_below"] if isinstance(x, Tensor) else None
-            for g, x in zip(ts.group_ids, beta)
-        ]
-        if any(t is not None for t in thresholds):  # Restart: m_hat <- g, c <- 1
-            thr = [-math.inf if t is None else t for t in thresholds]
-            restart = b < per_tensor(thr, c.device, c.dtype)
-            w = torch.where(restart, torch.ones_like(w), w)
-            c_next = torch.where(restart, torch.ones_like(c_next), c_next)
-        w = torch.nan_to_num(w, nan=0.0)  # 0/0 only for beta = 1 with c = 0: keep the state
-        torch._foreach_copy_(corrections, list(c_next.unbind()))
-        if isinstance(metric, _FusedPrep):  # pass 2: v, m_hat and x in one kernel
-            self._fused_kernels.am_adamw_update(
-                ts.params,
-                ts.grads,
-                moms,
-                [_local(st["exp_avg_sq"]) for st in ts.states],
-                metric.hyper,
-                w.to(torch.float32),
-            )
-            torch._foreach_add_([st["step"] for st in ts.states], 1.0)
-            return
-        weights = [w_i.to(m.dtype) for w_i, m in zip(w.unbind(), moms)]
-
-        if foreach:
-            torch._foreach_lerp_(moms, ts.grads, weights)
-        else:
-            for m, g, w in zip(moms, ts.grads, weights):
-                m.lerp_(g, w)
-        for gid, members in _by_group(ts.group_ids).items():
-            lr, wd = groups[gid]["lr"], groups[gid]["weight_decay"]
-            p = [ts.params[i] for i in members]
-            m = [moms[i] for i in members]
-            inv = [metric.inv[i] for i in members]
-            step_sizes = [-lr * metric.scales[i] for i in members]
-            if foreach:
-                if wd != 0:
-                    torch._foreach_mul_(p, 1 - lr * wd)
-                torch._foreach_addcmul_(p, m, inv, step_sizes)
-            else:
-                for p_i, m_i, inv_i, s_i in zip(p, m, inv, step_sizes):
-                    if wd != 0:
-                        p_i.mul_(1 - lr * wd)
-                    p_i.addcmul_(m_i, inv_i, value=s_i)
-        torch._foreach_add_([st["step"] for st in ts.states], 1.0)

@@ -61,11 +61,11 @@ class OracleHeavyBall(Optimizer):
                 state["momentum_buffer"] = g.clone()
                 p.add_(g, alpha=-lr)
             return loss
-        numerator = sum(
+        numerator: Tensor = sum(  # type: ignore[assignment]
             torch.sum((p - self.minimizer[p] - lr * g) * (st["momentum_buffer"] - g))
             for p, g, lr, st in items
         )
-        denominator = sum(
+        denominator: Tensor = sum(
             lr * torch.sum((st["momentum_buffer"] - g) ** 2) for p, g, lr, st in items
         )
         beta = torch.where(

@@ -72,7 +72,7 @@ def build_optimizer(
         params: Any = param_groups(model_or_params, weight_decay, decay_norm_and_bias)
     else:
         params = list(model_or_params)
-    cls = OPTIMIZERS[name]
+    cls: Any = OPTIMIZERS[name]  # each class's own keyword arguments
     if name == "oracle":
         if "minimizer" not in info:
             raise ValueError("optimizer 'oracle' needs the problem's minimiser (info['minimizer'])")
