@@ -1,4 +1,4 @@
-"""amm.optim against ALGORITHM.md: sanity facts, torch equivalences, an independent
+"""amm.optim against docs/algorithm.md: sanity facts, torch equivalences, an independent
 plain-Python computation of the formulas, foreach == single-tensor, state_dict, dtypes, AMP,
 torch.compile, bad input."""
 
@@ -87,7 +87,7 @@ def _f(x, a, c):
 
 
 def reference_am_sgd(lrs, lam, beta_max, wd, exact=False, seed=0):
-    """ALGORITHM.md sections 1-2 in plain Python floats."""
+    """docs/algorithm.md sections 1-2 in plain Python floats."""
     a, c, x = _flat_problem(seed)
     d, prev_lr, prev_f, betas = None, None, None, []
     for lr in lrs:
@@ -108,7 +108,7 @@ def reference_am_sgd(lrs, lam, beta_max, wd, exact=False, seed=0):
 
 
 def reference_am_adamw(lrs, lam, beta_max, wd, beta2=0.99, eps=1e-8, seed=0):
-    """ALGORITHM.md section 3 in plain Python floats (m and c stored as written there)."""
+    """docs/algorithm.md section 3 in plain Python floats (m and c stored as written there)."""
     a, c_lin, x = _flat_problem(seed)
     n = len(x)
     m, v, c = [0.0] * n, [0.0] * n, 0.0
