@@ -13,13 +13,14 @@ ifneq ($(wildcard ../shared/data/libsvm),)
 export AMM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help venv demo test lint bench bench-optim bench-train sweep clean
+.PHONY: help venv demo test test-fast lint bench bench-optim bench-train sweep clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo                 Figure 3 on breast_cancer (500 iterations, no download)"
-	@echo "make test                 the test suite"
-	@echo "make lint                 ruff check + ruff format --check"
+	@echo "make test                 the test suite (what CI runs)"
+	@echo "make test-fast            the tests not marked slow: the inner loop, under 2 minutes"
+	@echo "make lint                 ruff check + ruff format --check + mypy"
 	@echo "make figure3 SCALE=...    reproduce an artifact (smoke | reduced | paper)"
 	@echo "make sweep EXP=figure4 SCALE=paper CLUSTER=slurm   the same, the jobs on SLURM"
 	@echo "make bench                optimizer-step table + Table 2 end to end (bench-optim, bench-train)"
@@ -39,9 +40,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy  # files and settings: [tool.mypy] in pyproject.toml (amm/, experiments/)
 
 # Benchmarks, not tests: results/bench_optim/ and results/bench_train/ (per device type).
 bench: bench-optim bench-train
@@ -53,7 +58,7 @@ bench-train: $(STAMP)
 	$(PY) scripts/bench_train.py $(ARGS)
 
 # Artifacts: `make figure1`, `make table2`, ... run configs/experiment/<name>.yaml and
-# amm/artifacts/<name>.py at $(SCALE), writing results/<name>/$(SCALE)/. ARGS: more overrides.
+# experiments/<name>.py at $(SCALE), writing results/<name>/$(SCALE)/. ARGS: more overrides.
 REPRODUCE = $(PY) -m amm.reproduce $@ --scale $(SCALE) $(ARGS)
 figure%: $(STAMP)
 	$(REPRODUCE)
@@ -73,4 +78,4 @@ sweep: $(STAMP)
 	$(PY) -m amm.reproduce $(EXP) --scale $(SCALE) hydra/launcher=$(CLUSTER) $(ARGS)
 
 clean:
-	rm -rf runs outputs multirun .pytest_cache .ruff_cache
+	rm -rf runs outputs multirun .pytest_cache .ruff_cache .mypy_cache

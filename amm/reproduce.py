@@ -12,7 +12,7 @@
    together. ``--collect`` launches nothing: it makes the artifact from the runs on disk, e.g.
    when the jobs were sent from a login session that has ended (re-sending them while they are
    still queued or running would start a second job in the same run directories).
-3. Calls ``amm.artifacts.<artifact>.make(run_dirs, out_dir, scale)`` with the run directories of
+3. Calls ``experiments.<artifact>.make(run_dirs, out_dir, scale)`` with the run directories of
    exactly these jobs, and writes ``commands.txt`` and ``provenance.json`` next to the outputs
    in ``results/<artifact>/<scale>/`` (or ``--out-dir``).
 """
@@ -36,14 +36,16 @@ from omegaconf import OmegaConf
 from amm.config import CONFIG_DIR, SCALES, require_config_dir
 from amm.provenance import provenance
 
+# The paper's artifacts: the top-level `experiments` package of the clone, next to configs/.
+EXPERIMENTS_DIR = CONFIG_DIR.parent / "experiments"
+
 
 def available() -> list[str]:
-    """Artifacts: experiment configs that have a module in ``amm.artifacts``."""
-    artifacts_dir = Path(__file__).resolve().parent / "artifacts"
+    """Artifacts: experiment configs that have a module ``experiments/<name>.py``."""
     return sorted(
         p.stem
         for p in (CONFIG_DIR / "experiment").glob("*.yaml")
-        if (artifacts_dir / f"{p.stem}.py").exists()
+        if (EXPERIMENTS_DIR / f"{p.stem}.py").exists()
     )
 
 
@@ -59,10 +61,22 @@ def override_value(value: Any) -> str:
 
 
 def sweep_blocks(artifact: str, scale: str) -> list[list[str]]:
-    """The experiment's sweep blocks at ``scale``, each as a list of Hydra overrides."""
+    """The experiment's sweep blocks at ``scale``, each as a list of Hydra overrides.
+
+    Every block names the method its runs are drawn as (``method: <label>``), or the experiment
+    sets one ``method`` for all: the artifacts read the label back from each run's config.
+    """
     cfg = compose("config", overrides=[f"experiment={artifact}", f"scale={scale}"])
     sweep = OmegaConf.to_container(cfg.sweep, resolve=True) if cfg.sweep is not None else {}
+    assert isinstance(sweep, dict)
     blocks = sweep.get(scale) or [{}]  # no sweep: one run of the experiment as it stands
+    for i, block in enumerate(blocks):
+        if block.get("method", cfg.method) is None:
+            raise ValueError(
+                f"configs/experiment/{artifact}.yaml: block {i} of sweep.{scale} has no `method` "
+                f"label; add `method: <label>` to it (the label its runs are drawn as), e.g. "
+                f"method: am_mgd"
+            )
     return [[f"{k}={override_value(v)}" for k, v in block.items()] for block in blocks]
 
 
@@ -115,22 +129,27 @@ def reproduce(
     reproduce_cmd += overrides
     out_dir = out_dir or Path("results") / artifact / scale
     commands: list[str] = []
-    run_dirs: list[Path] = []
     launched: list[tuple[str, subprocess.Popen[bytes]]] = []  # cluster blocks, run at once
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        for block in sweep_blocks(artifact, scale):
-            job = [f"experiment={artifact}", f"scale={scale}", *block, *overrides]
-            cmd = [sys.executable, "-m", "amm.run", "-m", *job]
-            commands.append(shlex.join(["python", *cmd[1:]]))
-            print(commands[-1], flush=True)
-            dirs = job_run_dirs(job)
-            run_dirs += dirs
-            if all((d / "summary.json").exists() for d in dirs):
-                print(f"  all {len(dirs)} runs finished already")
-            elif uses_cluster(overrides) and not (dry_run or collect):
-                launched.append((commands[-1], subprocess.Popen(cmd)))
-            elif not (dry_run or collect):
-                subprocess.run(cmd, check=True)
+        jobs = [
+            [f"experiment={artifact}", f"scale={scale}", *block, *overrides]
+            for block in sweep_blocks(artifact, scale)
+        ]
+        block_dirs = [job_run_dirs(job) for job in jobs]
+    run_dirs = [d for dirs in block_dirs for d in dirs]
+    if len(set(run_dirs)) != len(run_dirs):  # e.g. two blocks that differ only in `method`
+        twice = sorted({str(d) for d in run_dirs if run_dirs.count(d) > 1})
+        raise SystemExit(f"{artifact}: two sweep jobs would share a run directory: {twice}")
+    for job, dirs in zip(jobs, block_dirs):
+        cmd = [sys.executable, "-m", "amm.run", "-m", *job]
+        commands.append(shlex.join(["python", *cmd[1:]]))
+        print(commands[-1], flush=True)
+        if all((d / "summary.json").exists() for d in dirs):
+            print(f"  all {len(dirs)} runs finished already")
+        elif uses_cluster(overrides) and not (dry_run or collect):
+            launched.append((commands[-1], subprocess.Popen(cmd)))
+        elif not (dry_run or collect):
+            subprocess.run(cmd, check=True)
     failed = [command for command, proc in launched if proc.wait() != 0]
     if dry_run:
         print("\n".join(f"  {d}" for d in run_dirs))
@@ -144,7 +163,7 @@ def reproduce(
             + "\n  ".join(map(str, missing[:5]))
             + "".join(f"\nfailed: {c}" for c in failed)
         )
-    importlib.import_module(f"amm.artifacts.{artifact}").make(run_dirs, out_dir, scale)
+    importlib.import_module(f"experiments.{artifact}").make(run_dirs, out_dir, scale)
     (out_dir / "commands.txt").write_text("\n".join(commands) + "\n")
     record = {**provenance(shlex.join(reproduce_cmd)), "commands": commands}
     record["run_dirs"] = [str(d) for d in run_dirs]

@@ -1,8 +1,13 @@
-"""Paper artifacts: one module per ``configs/experiment/<name>.yaml``.
+"""The paper's artifacts: one module per ``configs/experiment/<name>.yaml``.
 
 Each module defines ``make(run_dirs, out_dir, scale)``, which reads the runs' outputs (written by
-``amm.trainer``) and writes ``out_dir/<name>.png|pdf`` and tables (``table.md``).
-The helpers below read those outputs.
+``amm.trainer``) and writes ``out_dir/<name>.png|pdf`` and tables (``table.md``);
+``python -m amm.reproduce <name>`` runs the sweep and then calls it. Shared helpers: this
+module (reading runs), ``_llm`` (LLaMA runs) and ``_vision`` (image classification runs).
+
+Which method a run belongs to is declared in its sweep block (``method: <label>`` in the
+experiment config), recorded in the run's ``config.yaml`` and read back as ``Run.method``;
+artifacts never infer it from hyper-parameters.
 """
 
 from __future__ import annotations
@@ -28,6 +33,18 @@ class Run:
     cfg: DictConfig
     metrics: list[dict[str, Any]]
     summary: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        """The method label its sweep block declared (``method:`` in configs/experiment/)."""
+        label = self.cfg.get("method")
+        if label is None:
+            raise ValueError(
+                f"run {self.dir}: its config.yaml has no `method` label. Every sweep block of "
+                "configs/experiment/<name>.yaml declares one (e.g. `method: am_mgd`); runs made "
+                "before the labels existed are re-run (delete the run directory)."
+            )
+        return str(label)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(iteration, value) over the records that have ``key``.

@@ -9,15 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from matplotlib.axes import Axes
 from omegaconf import DictConfig
 
-from amm.artifacts import Run
-from amm.config import CONFIG_DIR
+from experiments import Run
 
-STYLE = {
+STYLE: dict[str, dict[str, Any]] = {  # matplotlib line keywords per method name
     "AM-MGD": {"color": "tab:red", "lw": 1.6},
     "MGD": {"color": "tab:blue", "ls": "--", "lw": 1.3},
 }
@@ -28,10 +25,18 @@ STAND_IN_BANNER = (
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
+# declared method label (sweep blocks of configs/experiment/) -> name in figures and tables
+METHOD_NAMES = {"am_mgd": "AM-MGD", "mgd": "MGD"}  # MGD: torch SGD with dampening = momentum
+
+
 def method(run: Run) -> str:
-    """AM-MGD (``am_sgd``) or MGD (``sgd``; the configs give it dampening = momentum)."""
-    name = str(run.cfg.optimizer.name)
-    return {"am_sgd": "AM-MGD", "sgd": "MGD"}.get(name, name)
+    """AM-MGD or MGD, from the label the run's sweep block declared."""
+    if run.method not in METHOD_NAMES:
+        raise ValueError(
+            f"run {run.dir}: method {run.method!r} is not a vision method; the sweep blocks of "
+            f"configs/experiment/ declare one of {sorted(METHOD_NAMES)}"
+        )
+    return METHOD_NAMES[run.method]
 
 
 def model_label(cfg: DictConfig) -> str:
@@ -163,12 +168,3 @@ def accuracy_table_rows(setting_name: str, runs: list[Run]) -> list[str]:
         loss = "diverged" if diverged(r) else f"{c.train_loss[-1]:.4f}"
         rows.append(f"| {setting_name} | {method(r)} | {final} | {best} | {loss} |")
     return rows
-
-
-def experiment_config(name: str, scale: str) -> DictConfig:
-    """The composed experiment config at ``scale`` (its default values, before any sweep)."""
-    overrides = [f"experiment={name}", f"scale={scale}"]
-    if GlobalHydra.instance().is_initialized():
-        return compose("config", overrides=overrides)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)

@@ -13,26 +13,34 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from amm.artifacts import Run, fmt, load_runs, nan_to_inf
+from experiments import Run, fmt, load_runs, nan_to_inf
+
+METHODS = ("am_mgd", "oracle", "mgd")  # the `method` labels of configs/experiment/figure1.yaml
 
 
 def label(run: Run) -> str:
+    """The legend / table name: the declared method, with its swept value."""
     opt = run.cfg.optimizer
-    if opt.name == "sgd":
+    if run.method == "mgd":
         return f"MGD β={opt.momentum:g}"
-    if opt.name == "am_sgd":
+    if run.method == "am_mgd":
         return f"AM-MGD ({opt.plane_bias} bias)"
-    if opt.name == "oracle":
+    if run.method == "oracle":
         return "oracle β (app. B.4)"
-    return str(opt.name)
+    raise ValueError(f"run {run.dir}: method {run.method!r} is not one of {METHODS}")
+
+
+def style(run: Run) -> tuple[str, str]:
+    """(line style, colour) of an adaptive method."""
+    if run.method == "oracle":
+        return "--", "black"
+    return "-", "tab:orange" if run.cfg.optimizer.get("plane_bias") == "linear" else "tab:red"
 
 
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     runs = load_runs(run_dirs)
-    fixed = sorted(
-        (r for r in runs if r.cfg.optimizer.name == "sgd"), key=lambda r: r.cfg.optimizer.momentum
-    )
-    adaptive = [r for r in runs if r.cfg.optimizer.name != "sgd"]
+    fixed = sorted((r for r in runs if r.method == "mgd"), key=lambda r: r.cfg.optimizer.momentum)
+    adaptive = [r for r in runs if r.method != "mgd"]
     best = min(fixed, key=lambda r: nan_to_inf(r.final("objective_gap"))) if fixed else None
 
     fig = Figure(figsize=(12, 4.5), layout="constrained")
@@ -47,11 +55,8 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
             lw=2.2 if r is best else 0.9,
             label=label(r) + (" (best fixed)" if r is best else ""),
         )
-    styles = {"am_sgd": ("-", "tab:red"), "oracle": ("--", "black")}
     for r in adaptive:
-        ls, color = styles.get(r.cfg.optimizer.name, ("-", "tab:gray"))
-        if r.cfg.optimizer.get("plane_bias") == "linear":
-            color = "tab:orange"
+        ls, color = style(r)
         it, gap = r.series("objective_gap")
         ax.plot(it, gap, ls=ls, color=color, lw=2, label=label(r))
     d = runs[0].cfg.dataset
@@ -73,9 +78,7 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
             label="MGD, fixed β",
         )
     for r in adaptive:
-        ls, color = styles.get(r.cfg.optimizer.name, ("-", "tab:gray"))
-        if r.cfg.optimizer.get("plane_bias") == "linear":
-            color = "tab:orange"
+        ls, color = style(r)
         ax_beta.axhline(r.final("objective_gap"), ls=ls, color=color, label=label(r))
     steps = runs[0].summary.get("step")
     ax_beta.set(

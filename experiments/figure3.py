@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 
-from amm.artifacts import Run, fmt, load_runs, nan_to_inf
+from experiments import Run, fmt, load_runs, nan_to_inf
 
 METHODS = ("AM-MGD", "MGD β=0.9", "MGD β*", "Adam")
-STYLE = {
+STYLE: dict[str, dict[str, Any]] = {
     "AM-MGD": {"color": "tab:red", "lw": 2},
     "MGD β=0.9": {"color": "tab:blue", "ls": "--"},
     "MGD β*": {"color": "tab:green"},
@@ -30,14 +31,15 @@ def select(runs: list[Run]) -> tuple[dict[str, Run], float | None]:
     """The four methods' runs of one data set, and beta* (None without a momentum grid)."""
     chosen: dict[str, Run] = {}
     grid = {}
-    for r in runs:
-        name = r.cfg.optimizer.name
-        if name == "am_sgd":
+    for r in runs:  # by the `method` label of the run's sweep block
+        if r.method == "am_mgd":
             chosen["AM-MGD"] = r
-        elif name == "adam":
+        elif r.method == "adam":
             chosen["Adam"] = r
-        elif name == "sgd":
+        elif r.method == "mgd":
             grid[float(r.cfg.optimizer.momentum)] = r
+        else:
+            raise ValueError(f"run {r.dir}: method {r.method!r} is not am_mgd, mgd or adam")
     if MGD_BETA in grid:
         chosen["MGD β=0.9"] = grid[MGD_BETA]
     if not grid:
@@ -66,11 +68,10 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     steps = 0
     for k, name in enumerate(datasets):
         chosen, beta_star = select(by_dataset[name])
-        ax, ax_beta = (
-            cells[k // ncols, k % ncols]
-            .subgridspec(2, 1, height_ratios=[3, 1], hspace=0)
-            .subplots(sharex=True)
-        )
+        sub = cells[k // ncols, k % ncols].subgridspec(2, 1, height_ratios=[3, 1], hspace=0)
+        ax = fig.add_subplot(sub[0])
+        ax_beta = fig.add_subplot(sub[1], sharex=ax)
+        ax.tick_params(labelbottom=False)
         for method in METHODS:
             if method not in chosen:
                 continue

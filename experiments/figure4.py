@@ -12,8 +12,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from amm.artifacts import load_runs
-from amm.artifacts._vision import (
+from experiments import load_runs
+from experiments._vision import (
     STAND_IN_BANNER,
     accuracy_table_rows,
     any_stand_in,

@@ -2,8 +2,9 @@
 
 Final test accuracy vs the swept value, AM-MGD vs MGD, per setting (model / data set):
 7a lam (MGD, which has no lam, as a horizontal line), 7b batch size, 7c learning rate. A run
-belongs to a sub-figure when its other two values are the experiment's defaults (read from the
-composed experiment config at this scale), so the default point of each grid is run once.
+belongs to a sub-figure when its other two values are the experiment's defaults
+(``ablation_defaults`` of configs/experiment/figure7.yaml, recorded in every run's config), so
+the default point of each grid is run once.
 Sub-figures with fewer than two values are left out (the reduced scale sweeps only 7c).
 
 Writes figure7.png|pdf, figure7c_curves.png|pdf (app. F.2: per learning rate, test accuracy
@@ -21,15 +22,14 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from amm.artifacts import Run, load_runs
-from amm.artifacts._vision import (
+from experiments import Run, load_runs
+from experiments._vision import (
     STAND_IN_BANNER,
     STYLE,
     any_stand_in,
     curves,
     diverged,
     draw_beta,
-    experiment_config,
     group_by_setting,
     method,
 )
@@ -47,6 +47,11 @@ def swept_values(run: Run) -> dict[str, float | None]:
     }
 
 
+def at_default(value: float | None, default: float) -> bool:
+    """``value`` is the grid's default (None: the method has no such value, e.g. MGD's lam)."""
+    return value is None or math.isclose(value, default)
+
+
 def select(
     runs: list[Run], key: str, defaults: dict[str, float]
 ) -> dict[str, dict[float | None, Run]]:
@@ -56,9 +61,26 @@ def select(
     for r in runs:
         v = swept_values(r)
         others = [k for k in ("lr", "lam", "batch") if k != key]
-        if all(v[k] is None or math.isclose(v[k], defaults[k]) for k in others):
+        if all(at_default(v[k], defaults[k]) for k in others):
             chosen[method(r)][v[key]] = r
     return chosen
+
+
+def grid_defaults(runs: list[Run]) -> dict[str, float]:
+    """The default point of the three grids (``ablation_defaults`` in the runs' config)."""
+    points = set()
+    for r in runs:
+        d = r.cfg.get("ablation_defaults")
+        if d is None:
+            raise ValueError(
+                f"run {r.dir}: its config.yaml has no `ablation_defaults` "
+                "(configs/experiment/figure7.yaml sets it); re-run it with the current config"
+            )
+        points.add((float(d.lr), float(d.lam), float(d.batch_size)))
+    if len(points) != 1:
+        raise ValueError(f"the runs disagree on ablation_defaults (lr, lam, batch): {points}")
+    lr, lam, batch = points.pop()
+    return {"lr": lr, "lam": lam, "batch": batch}
 
 
 def final_accuracy(run: Run) -> float:
@@ -75,7 +97,7 @@ def draw_subfigure(
     ax: Axes, key: str, label: str, by_method: dict[str, dict[float | None, Run]]
 ) -> list[str]:
     """Final accuracy vs the value of ``key`` (x: diverged); returns the sub-figure's table."""
-    am = by_method.get("AM-MGD", {})
+    am = {x: r for x, r in by_method.get("AM-MGD", {}).items() if x is not None}
     mgd = {x: r for x, r in by_method.get("MGD", {}).items() if x is not None}
     baseline = by_method.get("MGD", {}).get(None)  # 7a: MGD has no lam, one line
     if baseline is not None:
@@ -88,9 +110,14 @@ def draw_subfigure(
         ax.plot(xs, ys, marker="o", label=m, **STYLE[m])
         bad = [(x, y) for x, y in zip(xs, ys) if diverged(points[x])]
         if bad:
-            ax.scatter(*zip(*bad), marker="x", s=60, color="k", zorder=3)
-    xscale = {"lam": {"value": "symlog", "linthresh": 0.01}, "batch": {"value": "log", "base": 2}}
-    ax.set_xscale(**xscale.get(key, {"value": "log"}))
+            bad_x, bad_y = [x for x, _ in bad], [y for _, y in bad]
+            ax.scatter(bad_x, bad_y, marker="x", s=60, color="k", zorder=3)
+    if key == "lam":
+        ax.set_xscale("symlog", linthresh=0.01)  # lam = 0 is on the grid
+    elif key == "batch":
+        ax.set_xscale("log", base=2)
+    else:
+        ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.legend(fontsize=7)
 
@@ -110,12 +137,7 @@ def draw_subfigure(
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     runs = load_runs(run_dirs)
     groups = group_by_setting(runs)
-    base = experiment_config("figure7", scale)
-    defaults = {
-        "lr": float(base.optimizer.lr),
-        "lam": float(base.optimizer.lam),
-        "batch": float(base.dataset.batch_size),
-    }
+    defaults = grid_defaults(runs)
     banner = f"\n{STAND_IN_BANNER}" if any_stand_in(runs) else ""
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -155,17 +177,19 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     fig = Figure(figsize=(13, 3.3 * len(groups) + 0.7), layout="constrained")
     axes = fig.subplots(len(groups), 3, squeeze=False)
     for (ax_loss, ax_acc, ax_beta), (name, per_sub) in zip(axes, panels.items()):
-        lrs = sorted(set().union(*(p.keys() for p in per_sub["c"].values())))
+        lrs = sorted({lr for p in per_sub["c"].values() for lr in p if lr is not None})
         colours = colormaps["viridis"](np.linspace(0, 0.9, max(len(lrs), 1)))
         for m, points in per_sub["c"].items():
-            for lr, r in sorted(points.items()):
+            for lr, r in sorted((x, r) for x, r in points.items() if x is not None):
                 c, colour = curves(r), colours[lrs.index(lr)]
-                style = {"color": colour, "ls": STYLE.get(m, {}).get("ls", "-")}
-                label = f"lr {lr:g}" if m == "AM-MGD" else None
-                ax_loss.plot(c.train_x, c.train_loss, label=label, **style)
-                ax_acc.plot(c.eval_x, c.eval_accuracy, marker=".", label=label, **style)
+                ls = STYLE.get(m, {}).get("ls", "-")
+                legend = f"lr {lr:g}" if m == "AM-MGD" else None
+                ax_loss.plot(c.train_x, c.train_loss, label=legend, color=colour, ls=ls)
+                ax_acc.plot(
+                    c.eval_x, c.eval_accuracy, marker=".", label=legend, color=colour, ls=ls
+                )
                 if m == "AM-MGD":
-                    draw_beta(ax_beta, c, color=colour, label=label)
+                    draw_beta(ax_beta, c, color=colour, label=legend)
         ax_loss.set(yscale="log", xlabel="epoch", ylabel="train loss", title=name)
         ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="AM-MGD solid, MGD dashed")
         ax_beta.set(xlabel="epoch", title="AM-MGD β_t (dark: epoch mean)")

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amm.artifacts import Run, load_runs
-from amm.artifacts.figure5 import (
+from experiments import Run, load_runs
+from experiments._llm import (
     by_size,
     final_train_loss,
-    method,
     num,
     regime,
     steps_to_reach,
@@ -50,10 +49,10 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     ]
     for size, group in by_size(runs).items():
         for reg in sorted({regime(r) for r in group}, key=lambda x: x == "no warmup"):
-            pair = {method(r): r for r in group if regime(r) == reg}
-            if not {"AdamW", "AM-AdamW"} <= set(pair):
+            pair = {r.method: r for r in group if regime(r) == reg}
+            if not {"adamw", "am_adamw"} <= set(pair):
                 continue
-            adamw, am = pair["AdamW"], pair["AM-AdamW"]
+            adamw, am = pair["adamw"], pair["am_adamw"]
             t_adamw, t_am = time_per_iteration(adamw), time_per_iteration(am)
             ratio, steps = speedup(adamw, am)
             lines.append(

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amm.artifacts import load_runs
-from amm.artifacts.figure5 import by_size, final_train_loss, num, regime, warmup
+from experiments import load_runs
+from experiments._llm import by_size, final_train_loss, num, regime, warmup
 
-ROWS = {"global": "Shared (global β)", "per-tensor": "Per-layer (β per tensor)"}
+# declared method label -> row
+ROWS = {"am_adamw": "Shared (global β)", "am_adamw_per_layer": "Per-layer (β per tensor)"}
 
 
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
@@ -28,14 +29,10 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         "| β | " + " | ".join(f"LLaMA {s}, {reg}" for s, reg in columns) + " |",
         "|---" * (len(columns) + 1) + "|",
     ]
-    for scope, label in ROWS.items():
+    for label_key, label in ROWS.items():
         cells = []
         for size, reg in columns:
-            match = [
-                r
-                for r in by_size(runs)[size]
-                if regime(r) == reg and r.cfg.optimizer.get("beta_scope", "global") == scope
-            ]
+            match = [r for r in by_size(runs)[size] if regime(r) == reg and r.method == label_key]
             cells.append(
                 f"{num(match[0].final('eval_loss'))} ({num(final_train_loss(match[0]))})"
                 if match

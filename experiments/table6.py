@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from amm.artifacts import Run, load_runs
-from amm.artifacts.figure5 import by_size, method, num
+from experiments import Run, load_runs
+from experiments._llm import by_size, method_name, num
 
 LOW_BETA = 0.5  # the threshold of configs/experiment/table6.yaml
 
@@ -26,7 +26,7 @@ def low_beta_share(run: Run) -> float:
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     runs = load_runs(run_dirs)
     groups = by_size(runs)
-    methods = list(dict.fromkeys(method(r) for r in runs))  # sweep order
+    methods = {r.method: method_name(r) for r in runs}  # declared label -> name, sweep order
     lines = [
         f"# Table 6 ({scale} scale): final evaluation loss",
         "",
@@ -40,14 +40,16 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         "| method | " + " | ".join(f"LLaMA {s}" for s in groups) + " |",
         "|---" * (len(groups) + 1) + "|",
     ]
-    for m in methods:
-        picked = [next((r for r in g if method(r) == m), None) for g in groups.values()]
+    for m, name in methods.items():
+        picked = [next((r for r in g if r.method == m), None) for g in groups.values()]
         lines.append(
-            f"| {m} | " + " | ".join(num(r.final("eval_loss")) if r else "–" for r in picked) + " |"
+            f"| {name} | "
+            + " | ".join(num(r.final("eval_loss")) if r else "–" for r in picked)
+            + " |"
         )
-        if m != "AdamW":
+        if m != "adamw":
             shares.append(
-                f"| {m} | "
+                f"| {name} | "
                 + " | ".join(f"{100 * low_beta_share(r):.1f}%" if r else "–" for r in picked)
                 + " |"
             )

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amm.artifacts import load_runs
-from amm.artifacts.figure5 import by_size, method, num, perplexity, regime, warmup
+from experiments import load_runs
+from experiments._llm import by_size, method_name, num, perplexity, regime, warmup
 
 
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     runs = load_runs(run_dirs)
     # columns: with warmup first, then without; AdamW before AM-AdamW
-    keys = {(-warmup(r), r.cfg.optimizer.name != "adamw", method(r), regime(r)) for r in runs}
+    keys = {(-warmup(r), r.method != "adamw", method_name(r), regime(r)) for r in runs}
     columns = [(m, reg) for *_, m, reg in sorted(keys)]
     lines = [
         f"# LLaMA on C4 ({scale} scale): final evaluation perplexity (evaluation loss)",
@@ -26,7 +26,7 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     for size, group in by_size(runs).items():
         cells = []
         for m, reg in columns:
-            match = [r for r in group if method(r) == m and regime(r) == reg]
+            match = [r for r in group if method_name(r) == m and regime(r) == reg]
             if not match:
                 cells.append("–")
                 continue

@@ -4,6 +4,7 @@ every experiment runs at smoke scale; bad input gives Hydra's own errors."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_experiments_are_discovered_and_each_has_an_artifact() -> None:
     assert {"figure1", "figure3"} <= set(EXPERIMENTS)
-    assert available() == EXPERIMENTS  # one module in amm/artifacts per experiment config
+    assert available() == EXPERIMENTS  # one module in experiments/ per experiment config
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -54,11 +55,42 @@ def test_experiment_composes_at_every_scale(experiment: str, scale: str) -> None
             first = expand_jobs([*base, *block])[0]
             (run_dir,) = job_run_dirs(first)
             assert run_dir.parent == Path("runs") / experiment / scale
-    jobs = [frozenset(job) for b in blocks for job in expand_jobs([*base, *b])]
+    # `method` is a label left out of the run directory: the other overrides must differ
+    jobs = [
+        frozenset(o for o in job if not o.startswith("method="))
+        for b in blocks
+        for job in expand_jobs([*base, *b])
+    ]
     assert len(set(jobs)) == len(jobs), "two sweep jobs with the same overrides"
+    # every block declares the method label its runs are drawn as (sweep_blocks checks it too)
+    assert all(any(o.startswith("method=") for o in b) for b in blocks)
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_sweep_block_without_a_method_label_is_an_error(tmp_path: Path) -> None:
+    from hydra import initialize_config_dir
+
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, configs)
+    (configs / "experiment" / "nolabel.yaml").write_text(
+        "# @package _global_\nsweep:\n  smoke:\n    - {method: mgd, optimizer: sgd}\n"
+        "    - {optimizer: adam}\n  reduced: []\n  paper: []\n"
+    )
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        with pytest.raises(
+            ValueError, match=r"nolabel.yaml: block 1 of sweep.smoke has no `method`"
+        ):
+            sweep_blocks("nolabel", "smoke")
+
+
+# The convex problems train in about a second; the others take 15-40 s each (`make test-fast`
+# leaves them out, `make test` runs them).
+SLOW_SMOKE = {e for e in EXPERIMENTS if e not in {"figure1", "figure3"}}
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    [pytest.param(e, marks=pytest.mark.slow) if e in SLOW_SMOKE else e for e in EXPERIMENTS],
+)
 def test_experiment_runs_at_smoke_scale(experiment: str, tmp_path: Path) -> None:
     """Each job of the smoke sweep trains to the end with a finite loss."""
     from hydra import initialize_config_dir

@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from suite_helpers import subprocess_env
 
 from amm.provenance import git_state
 from amm.reproduce import main, override_value
+from experiments import load_runs
 
 
 def reproduce(artifact: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -42,6 +44,7 @@ def check_outputs(out_dir: Path, artifact: str, printed: str) -> list[Path]:
     return [out_dir.parents[2] / d for d in prov["run_dirs"]]
 
 
+@pytest.mark.slow  # about 25 s: two reproduce subprocesses, each launching three multiruns
 def test_figure1_smoke(tmp_path: Path) -> None:
     proc = reproduce("figure1", tmp_path)
     out_dir = tmp_path / "results" / "figure1" / "smoke"
@@ -68,6 +71,7 @@ def test_figure1_smoke(tmp_path: Path) -> None:
     assert {d: (d / "metrics.jsonl").stat().st_mtime_ns for d in run_dirs} == before
 
 
+@pytest.mark.slow  # about 20 s: the smoke sweep in subprocesses
 def test_figure3_smoke(tmp_path: Path) -> None:
     proc = reproduce("figure3", tmp_path)
     out_dir = tmp_path / "results" / "figure3" / "smoke"
@@ -128,3 +132,15 @@ def test_provenance_dirty_means_the_code_differs_from_the_commit(tmp_path: Path)
     assert git_state(tmp_path)["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_state(tmp_path)["dirty"] is True
+
+
+def test_a_run_without_a_method_label_says_what_to_do(tmp_path: Path) -> None:
+    """Artifacts read the label a sweep block declared; they never guess it."""
+    OmegaConf.save(OmegaConf.create({"optimizer": {"name": "sgd"}}), tmp_path / "config.yaml")
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "summary.json").write_text("{}")
+    (run,) = load_runs([tmp_path])
+    with pytest.raises(ValueError, match="no `method` label.*configs/experiment"):
+        _ = run.method
+    OmegaConf.save(OmegaConf.create({"method": "mgd"}), tmp_path / "config.yaml")
+    assert load_runs([tmp_path])[0].method == "mgd"

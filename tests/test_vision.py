@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from suite_helpers import compose_config, metrics, subprocess_env
 
-from amm.artifacts import figure_imagenet
+from amm.config import CONFIG_DIR
 from amm.data.vision import (
     CIFAR_STATS,
     MNIST_FILES,
@@ -29,8 +30,9 @@ from amm.data.vision import (
 )
 from amm.models.vision import ImageClassifier, cifar_resnet
 from amm.optim import build_optimizer
-from amm.reproduce import expand_jobs
+from amm.reproduce import expand_jobs, sweep_blocks
 from amm.trainer import train
+from experiments import figure_imagenet
 
 # Class counts of the MNIST test set (shared/data/mnist_t10k/PROVENANCE.md).
 MNIST_T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -359,8 +361,10 @@ def test_figure7_smoke(tmp_path: Path) -> None:
 def test_figure_imagenet_smoke_artifact(tmp_path: Path) -> None:
     """The smoke jobs in-process (reproduce's subprocess path is tested by the two above)."""
     base = ["experiment=figure_imagenet", "scale=smoke", "trainer.progress=false"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        blocks = sweep_blocks("figure_imagenet", "smoke")  # stand-in data; AM-MGD, MGD
     run_dirs = []
-    for i, job in enumerate(expand_jobs([*base, "dataset.stand_in=true", "optimizer=am_sgd,sgd"])):
+    for i, job in enumerate(job for b in blocks for job in expand_jobs([*base, *b])):
         run_dirs.append(tmp_path / f"run{i}")
         summary = train(compose_config(job), run_dirs[-1])
         assert summary["step"] == 8 and np.isfinite(summary["loss"])

@@ -1,0 +1,112 @@
+"""Shared pieces of the LLM artifacts (figure5, table_llm, table2, table5, table6): model
+sizes, schedules, method names, the smoothed training loss, steps to reach a loss and time per
+iteration, all read from the runs' ``config.yaml`` and ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from experiments import Run
+
+
+def size_label(run: Run) -> str:
+    """The model's name from its config (``model.name``, e.g. ``20M``)."""
+    return str(run.cfg.model.get("name") or f"h{run.cfg.model.hidden_size}")
+
+
+def size_order(run: Run) -> tuple[int, int]:
+    return int(run.cfg.model.hidden_size), int(run.cfg.model.num_hidden_layers)
+
+
+def warmup(run: Run) -> int:
+    return int(run.cfg.trainer.scheduler.warmup_steps)
+
+
+def regime(run: Run) -> str:
+    return f"warmup {warmup(run)}" if warmup(run) else "no warmup"
+
+
+def method_name(run: Run) -> str:
+    """The display name of the run's declared method (with the variant's threshold)."""
+    opt = run.cfg.optimizer
+    names = {
+        "adamw": "AdamW",
+        "am_adamw": "AM-AdamW",
+        "am_adamw_per_layer": "AM-AdamW (per-layer β)",
+        "am_adamw_clip": f"AM-AdamW (Clip, β≥{opt.get('beta_min', 0.0):g})",
+        "am_adamw_restart": f"AM-AdamW (Restart, β<{opt.get('restart_below') or 0.0:g})",
+    }
+    if run.method not in names:
+        raise ValueError(
+            f"run {run.dir}: method {run.method!r} is not an LLM method; the sweep blocks of "
+            f"configs/experiment/ declare one of {sorted(names)}"
+        )
+    return names[run.method]
+
+
+def by_size(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by model size, smallest first."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in sorted(runs, key=size_order):
+        groups[size_label(r)].append(r)
+    return dict(groups)
+
+
+def smoothing_window(run: Run) -> int:
+    """Trailing window of the training-loss average: 1/30 of the run (batches are noisy)."""
+    return max(1, round(int(run.cfg.trainer.max_steps) / 30))
+
+
+def train_loss(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """(step, trailing moving average of the batch loss); NaN once a run diverged."""
+    rows = [(r["step"], r["loss"]) for r in run.metrics if "loss" in r]
+    steps = np.asarray([s for s, _ in rows], dtype=np.int64)
+    loss = np.asarray([v for _, v in rows], dtype=np.float64)
+    w = smoothing_window(run)
+    csum = np.concatenate([[0.0], np.cumsum(loss)])
+    lo = np.maximum(np.arange(len(loss)) + 1 - w, 0)
+    return steps, (csum[1:] - csum[lo]) / (np.arange(len(loss)) + 1 - lo)
+
+
+def eval_loss(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """(step, evaluation loss) at the evaluation steps (the model after that many updates)."""
+    rows = [(r["step"], r["eval_loss"]) for r in run.metrics if r.get("eval_loss") is not None]
+    return np.asarray([s for s, _ in rows]), np.asarray([v for _, v in rows], dtype=np.float64)
+
+
+def final_train_loss(run: Run) -> float:
+    _, loss = train_loss(run)
+    return float(loss[-1]) if len(loss) else math.nan
+
+
+def steps_to_reach(run: Run, target: float) -> int | None:
+    """First step whose smoothed training loss is <= ``target`` (None: never)."""
+    steps, loss = train_loss(run)
+    hit = np.flatnonzero(loss <= target)
+    return int(steps[hit[0]]) if len(hit) else None
+
+
+def time_per_iteration(run: Run) -> float:
+    """Median wall-clock seconds per update, leaving out evaluations and the first 5 steps.
+
+    ``time_s`` is the run's clock at each record; an interval that ends with an evaluation
+    includes it, so those intervals are dropped. The median ignores the rare checkpoint save
+    and bursts of load from other processes.
+    """
+    per_step = [
+        (b["time_s"] - a["time_s"]) / (b["step"] - a["step"])
+        for a, b in zip(run.metrics, run.metrics[1:])
+        if a["step"] >= 5 and "eval_loss" not in b and "time_s" in a and "time_s" in b
+    ]
+    return float(np.median(per_step)) if per_step else math.nan
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if math.isfinite(loss) and loss < 700 else math.nan
+
+
+def num(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if math.isfinite(x) else "diverged"
