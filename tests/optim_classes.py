@@ -4,7 +4,15 @@ line) is covered by them automatically."""
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from amm.optim import OPTIMIZERS
 from amm.optim._base import AdaptiveMemoryOptimizer
 
 AM_OPTIMIZERS = [cls for cls in OPTIMIZERS.values() if issubclass(cls, AdaptiveMemoryOptimizer)]
+
+
+def paper_options(cls: type) -> dict[str, Any]:
+    """The paper's values where a class's defaults are torch's (AMAdamW: beta2 = 0.99)."""
+    return {"betas": (0.9, 0.99)} if "betas" in inspect.signature(cls).parameters else {}

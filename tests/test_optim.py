@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from optim_classes import AM_OPTIMIZERS
+from optim_classes import AM_OPTIMIZERS, paper_options
 from torch import nn
 
 from amm.optim import (
@@ -261,7 +261,8 @@ def test_am_sgd_exact_plane_bias_matches_reference():
 @pytest.mark.parametrize("wd", [0.0, 0.1])
 def test_am_adamw_matches_plain_python_reference(foreach, wd):
     x, betas, _ = _run(
-        lambda p: AMAdamW(p, lr=BIG_STEPS[0], lam=0.1, weight_decay=wd, foreach=foreach),
+        lambda p: AMAdamW(p, lr=BIG_STEPS[0], lam=0.1, weight_decay=wd, foreach=foreach,
+                          betas=(0.9, 0.99)),
         len(BIG_STEPS), lrs=BIG_STEPS,
     )  # fmt: skip
     x_ref, betas_ref = reference_am_adamw(BIG_STEPS, lam=0.1, beta_max=0.9, wd=wd)
@@ -388,7 +389,8 @@ def test_low_precision_params_reduce_in_fp32(cls, dtype):
     model = nn.Linear(16, 4).to(dtype)
     ref = nn.Linear(16, 4)
     ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
-    o, o_ref = cls(model.parameters(), lr=0.01), cls(ref.parameters(), lr=0.01)
+    paper = paper_options(cls)  # fp16 Adam needs beta2 = 0.99: 0.999 underflows v at eps 1e-8
+    o, o_ref = cls(model.parameters(), lr=0.01, **paper), cls(ref.parameters(), lr=0.01, **paper)
     for _ in range(10):
         x = torch.randn(32, 16)
         for m, opt in ((model, o), (ref, o_ref)):
@@ -472,7 +474,7 @@ def test_adamw_specific_bad_input_and_global_scope_consistency():
     with pytest.raises(ValueError, match="eps"):
         AMAdamW([nn.Parameter(torch.zeros(2))], eps=-1.0)
     with pytest.raises(ValueError, match="per-group"):
-        AMSGD([{"params": [nn.Parameter(torch.zeros(2))], "lam": 0.2},
+        AMSGD([{"params": [nn.Parameter(torch.zeros(2))], "beta_max": 0.8},
                {"params": [nn.Parameter(torch.zeros(2))]}])  # fmt: skip
 
 
@@ -591,6 +593,6 @@ def test_am_sgd_tracked_momentum_norm_stays_exact_over_many_steps():
     assert b1[1:] == pytest.approx(b2[1:], abs=1e-4)
     for p in opt.param_groups[0]["params"]:
         state = opt.state[p]
-        assert state["momentum_sq_known"]
+        assert opt._momentum_sq_tracked(p)
         direct = state["momentum_buffer"].double().square().sum().item()
         assert state["momentum_sq"].item() == pytest.approx(direct, rel=1e-4)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from optim_classes import AM_OPTIMIZERS
+from optim_classes import AM_OPTIMIZERS, paper_options
 from torch import nn
 
 from amm.optim import AMAdamW, NonFiniteGradientError
@@ -70,7 +70,7 @@ def test_fused_equals_foreach(cls, variant):
     results = {}
     for fused in (False, True):
         model = _model()
-        opt = cls(_groups(model, 0.01), lr=0.02, fused=fused, **variant)
+        opt = cls(_groups(model, 0.01), lr=0.02, fused=fused, **variant, **paper_options(cls))
         betas = _train(model, opt, 8, lrs=lrs)
         results[fused] = (model, opt, betas)
     (m1, o1, b1), (m2, o2, b2) = results[False], results[True]
@@ -96,7 +96,7 @@ def test_fused_mixed_dtypes_and_low_precision(cls):
                              ("fused", torch.bfloat16, True)):  # fmt: skip
         w = nn.Parameter(w0.to(DEVICE, low))
         b = nn.Parameter(b0.to(DEVICE))
-        opt = cls([w, b], lr=0.02, fused=fused)
+        opt = cls([w, b], lr=0.02, fused=fused, **paper_options(cls))
         for gw, gb in grads:
             w.grad, b.grad = gw.to(DEVICE, low), gb.to(DEVICE)
             opt.step()
@@ -219,7 +219,8 @@ def test_fused_unaligned_parameters(cls):
     aligned = torch.zeros(16, device=DEVICE)
     assert fused.Launcher()._table("x", [aligned, params[0]])[1] is False
     assert fused.Launcher()._table("x", [aligned])[1] is True
-    opts = cls([params[0]], lr=0.1, fused=True), cls([params[1]], lr=0.1)
+    paper = paper_options(cls)
+    opts = cls([params[0]], lr=0.1, fused=True, **paper), cls([params[1]], lr=0.1, **paper)
     for _ in range(3):
         for p, opt in zip(params, opts):
             p.grad = torch.sin(3 * p.detach())

@@ -34,8 +34,23 @@ from amm.optim.beta import BETA_SCOPES, reduce_scope, unit_betas
 
 PLANE_BIASES = ("linear", "exact")
 NONFINITE_POLICIES = ("raise", "skip", "off")
-# Group options that define the single beta of the global scope: they must agree across groups.
-_GLOBAL_BETA_OPTIONS = ("lam", "beta_min", "beta_max", "restart_below", "frozen_beta")
+# Options of the whole optimizer. They live in `defaults` and every param group (as torch's
+# flags do), so state_dict() records them and deepcopy/pickle keep them; they must agree
+# across groups.
+OPTIMIZER_OPTIONS = ("beta_scope", "plane_bias", "nonfinite", "foreach", "fused", "maximize")
+# Implementation options: None in a group means no preference.
+_IMPL_OPTIONS = ("foreach", "fused")
+# Options that change the math: a checkpoint must have been saved with the same values.
+_MATH_OPTIONS = ("beta_scope", "plane_bias", "maximize")
+# Group options that define the single beta of the global scope: they must agree across groups
+# (lam may differ: docs/algorithm.md, section 4).
+_GLOBAL_BETA_OPTIONS = ("beta_min", "beta_max", "restart_below", "frozen_beta")
+# Run-time values kept in each param group, so that state_dict() carries them (a schedule's
+# previous lr and the previous loss, for the plane bias); torch's schedulers keep
+# `initial_lr` there for the same reason.
+_RUNTIME_GROUP_KEYS = ("prev_lr", "prev_loss")
+# How many parameters a non-finite gradient error names (then the count).
+_NAMES_SHOWN = 3
 
 Impl = Literal["single", "foreach", "fused"]
 
@@ -76,16 +91,53 @@ class StepServices:
         a function giving the per-tensor sums of the adaptive tensors.
     scratch: temporaries shaped like a list of tensors (kept between steps on the CPU).
     kernels: the optimizer's fused kernels (fused=True), else None.
+    cache: the core's run-time values, kept between steps but never saved (AM-SGD: which
+        momentum buffers its kept ||d||^2 belongs to).
     """
 
     grads_finite: Callable[[StepTensors], bool]
     betas: Callable[[StepTensors, SumsFn], list[Beta]]
     scratch: Callable[[str, list[Tensor]], list[Tensor]]
     kernels: Any
+    cache: dict[Any, Any]
 
 
 # A functional core: one step of an optimizer's math on gathered tensors; False if skipped.
 StepFn = Callable[[StepTensors, list[dict[str, Any]], StepServices, Impl], bool]
+
+
+def check_lr(lr: Any, owner: str) -> None:
+    """torch's rules for lr: a number or a 1-element tensor, >= 0 (NaN is rejected)."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"{owner}: Tensor lr must be 1-element (got shape {list(lr.shape)})")
+        value = float(lr.detach().reshape(()).item())
+    elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        value = float(lr)
+    else:
+        raise ValueError(f"{owner}: invalid lr={lr!r}: must be a float >= 0 or a 1-element Tensor")
+    if not value >= 0.0:  # also NaN
+        raise ValueError(f"{owner}: invalid lr={lr!r}: must be a float >= 0")
+
+
+def check_options(group: dict[str, Any], owner: str) -> None:
+    """Raise ValueError naming the first invalid optimizer option (see OPTIMIZER_OPTIONS)."""
+    if group["fused"] and group["foreach"]:
+        raise ValueError(f"{owner}: fused=True and foreach=True cannot be set together")
+    scope, bias, nonfinite = group["beta_scope"], group["plane_bias"], group["nonfinite"]
+    if scope not in BETA_SCOPES:
+        raise ValueError(f"{owner}: invalid beta_scope={scope!r}; use one of {BETA_SCOPES}")
+    if bias not in PLANE_BIASES:
+        raise ValueError(f"{owner}: invalid plane_bias={bias!r}; use one of {PLANE_BIASES}")
+    if bias == "exact" and scope != "global":
+        raise ValueError(
+            f"{owner}: plane_bias='exact' uses the loss, a global quantity; "
+            f"it needs beta_scope='global' (got {scope!r})"
+        )
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(
+            f"{owner}: invalid nonfinite={nonfinite!r}; use one of {NONFINITE_POLICIES}"
+        )
 
 
 def check_common_hparams(group: dict[str, Any], owner: str) -> None:
@@ -94,9 +146,7 @@ def check_common_hparams(group: dict[str, Any], owner: str) -> None:
     def bad(name: str, why: str) -> ValueError:
         return ValueError(f"{owner}: invalid {name}={group[name]!r}: {why}")
 
-    lr = group["lr"]
-    if isinstance(lr, Tensor) or not isinstance(lr, (int, float)) or lr < 0:
-        raise bad("lr", "must be a float >= 0")
+    check_lr(group["lr"], owner)
     if group["weight_decay"] < 0:
         raise bad("weight_decay", "must be >= 0")
     if group["lam"] < 0:
@@ -115,7 +165,18 @@ def check_common_hparams(group: dict[str, Any], owner: str) -> None:
 
 def has_history(state: dict[str, Any]) -> bool:
     """The tensor has taken a step, so it has a momentum to weigh."""
-    return state["step"].item() > 0  # a CPU tensor: no device sync
+    return state["step"].item() > 0  # a CPU tensor (load_state_dict keeps it there): no sync
+
+
+def _number(value: Any) -> float:
+    """A hyper-parameter that may be a 1-element tensor (torch's tensor lr) as a float."""
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+def _real(t: Tensor) -> Tensor:
+    """Complex tensors as real tensors of (re, im) pairs: the steps and the beta formula then
+    use the real inner product Re <a, b> (docs/algorithm.md, section 5), as torch does."""
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def restarts(
@@ -134,8 +195,11 @@ class AdaptiveMemoryOptimizer(Optimizer):
     implement `_init_state` and `_state_tensors`."""
 
     functional: StepFn
+    _fused_kernels: Any  # the optimizer's fused kernels (fused=True), else None
     # AM-AdamW: the plane bias includes the decoupled decay term wd <g, x>
     decoupled_decay = False
+    # AM-SGD: weight decay is part of the gradient, so the exact plane bias includes wd/2 ||x||^2
+    coupled_decay = False
     # Scalar state kept in the sums' dtype (fp32 for bf16/fp16 parameters). torch's
     # load_state_dict casts floating state to the parameter's dtype; these keys are restored.
     _sum_state_keys: tuple[str, ...] = ()
@@ -151,37 +215,100 @@ class AdaptiveMemoryOptimizer(Optimizer):
         foreach: bool | None,
         process_group: Any,
         fused: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
     ) -> None:
         name = type(self).__name__
-        if fused and foreach:
-            raise ValueError(f"{name}: fused=True and foreach=True cannot be set together")
-        if beta_scope not in BETA_SCOPES:
-            raise ValueError(f"{name}: invalid beta_scope={beta_scope!r}; use one of {BETA_SCOPES}")
-        if plane_bias not in PLANE_BIASES:
-            raise ValueError(
-                f"{name}: invalid plane_bias={plane_bias!r}; use one of {PLANE_BIASES}"
+        if differentiable:
+            raise NotImplementedError(
+                f"{name}: differentiable=True is not supported (beta comes from reductions "
+                "of the state under no_grad); use differentiable=False"
             )
-        if plane_bias == "exact" and beta_scope != "global":
-            raise ValueError(
-                f"{name}: plane_bias='exact' uses the loss, a global quantity; "
-                f"it needs beta_scope='global' (got {beta_scope!r})"
+        if capturable:
+            raise NotImplementedError(
+                f"{name}: capturable=True is not supported: the step reads its bookkeeping "
+                "(step counts, learning rates) on the host, so it cannot be captured in a "
+                "CUDA graph; use capturable=False"
             )
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(
-                f"{name}: invalid nonfinite={nonfinite!r}; use one of {NONFINITE_POLICIES}"
-            )
-        self.beta_scope = beta_scope
-        self.plane_bias = plane_bias
-        self.nonfinite = nonfinite
-        self.foreach = foreach
-        self.fused = bool(fused)
-        # created here, not in step(): torch.compile would trace the creation and lose it
-        self._fused_kernels: Any = self._make_kernels() if self.fused else None
-        self._fused_fallbacks: set[str] = set()  # why fused steps fell back to foreach (warned)
+        check_lr(defaults["lr"], name)  # before torch reads the params, as torch does
+        options = dict(
+            beta_scope=beta_scope,
+            plane_bias=plane_bias,
+            nonfinite=nonfinite,
+            foreach=foreach,
+            fused=fused,
+            maximize=bool(maximize),
+        )
+        check_options(options, name)
         self.process_group = process_group
+        self._init_runtime()
+        super().__init__(params, {**defaults, **options})
+        # created here, not in step(): torch.compile would trace the creation and lose it
+        if self.fused:
+            self._fused_kernels = self._make_kernels()
+
+    def _init_runtime(self) -> None:
+        """Values that live only in this process: caches, warnings given, the last beta."""
+        self._fused_kernels = None
+        self._fused_fallbacks: set[str] = set()  # why fused steps fell back to foreach (warned)
         self._last_beta: Tensor | None = None
         self._scratch_cache: dict[str, list[Tensor]] = {}
-        super().__init__(params, defaults)
+        self._core_cache: dict[Any, Any] = {}
+
+    # torch's Optimizer pickles only defaults, state and param_groups (the options are in
+    # them); the process group (the environment, like a DTensor's mesh) is kept as well.
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["process_group"] = self.process_group
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("process_group", None)
+        if "_scratch_cache" not in self.__dict__:
+            self._init_runtime()
+        for group in self.param_groups:  # checkpoints from before the options were saved
+            for key in OPTIMIZER_OPTIONS:
+                group.setdefault(key, self.defaults[key])
+            for key in _RUNTIME_GROUP_KEYS:
+                group.setdefault(key, None)
+        if self.param_groups and self.fused and self._fused_kernels is None:
+            self._fused_kernels = self._make_kernels()
+
+    # ---- the options (one value for all groups) --------------------------------------------
+    def _option(self, key: str) -> Any:
+        groups = self.__dict__.get("param_groups")
+        if not groups:
+            return self.defaults[key]
+        if key in _IMPL_OPTIONS:  # None: no preference; the groups that set it agree
+            return next((g[key] for g in groups if g[key] is not None), None)
+        return groups[0][key]
+
+    @property
+    def beta_scope(self) -> str:
+        return str(self._option("beta_scope"))
+
+    @property
+    def plane_bias(self) -> str:
+        return str(self._option("plane_bias"))
+
+    @property
+    def nonfinite(self) -> str:
+        return str(self._option("nonfinite"))
+
+    @property
+    def foreach(self) -> bool | None:
+        value = self._option("foreach")
+        return None if value is None else bool(value)
+
+    @property
+    def fused(self) -> bool:
+        return bool(self._option("fused"))
+
+    @property
+    def maximize(self) -> bool:
+        return bool(self._option("maximize"))
 
     def _make_kernels(self) -> Any:
         """The optimizer's fused kernels (a `amm.optim._triton.Launcher`)."""
@@ -195,15 +322,47 @@ class AdaptiveMemoryOptimizer(Optimizer):
         raise NotImplementedError
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load_state_dict, and: the checkpoint's math options (beta_scope, plane_bias,
+        maximize) must match this optimizer's (a clear error, not a silently different
+        method); its implementation options (nonfinite, foreach, fused) give way to this
+        optimizer's, which belong to the machine and run that loads it."""
+        name = type(self).__name__
+        for saved_group in state_dict["param_groups"]:
+            for key in _MATH_OPTIONS:
+                if key in saved_group and saved_group[key] != self._option(key):
+                    raise ValueError(
+                        f"{name}.load_state_dict: the checkpoint was saved with "
+                        f"{key}={saved_group[key]!r}, this optimizer has "
+                        f"{key}={self._option(key)!r}; construct it with the checkpoint's "
+                        f"{key} to continue that run"
+                    )
+        mine = {key: self._option(key) for key in OPTIMIZER_OPTIONS}
         saved = state_dict["state"]
         saved_ids = [g["params"] for g in state_dict["param_groups"]]
         super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group.update(mine)
         for group, ids in zip(self.param_groups, saved_ids):
             for p, pid in zip(group["params"], ids):
+                if p not in self.state:
+                    continue
+                state = self.state[p]
                 for key in self._sum_state_keys:
                     value = saved.get(pid, {}).get(key)
-                    if isinstance(value, Tensor) and p in self.state:
-                        self.state[p][key] = value.to(p.device, sum_dtype(p), copy=True)
+                    if isinstance(value, Tensor):
+                        state[key] = value.to(p.device, sum_dtype(p), copy=True)
+                # the step count is a CPU float tensor (read on the host without a sync); older
+                # checkpoints and other libraries write a plain number, and torch moves it to
+                # the parameter's device for groups with fused=True
+                if "step" in state:
+                    step = state["step"]
+                    step = step.item() if isinstance(step, Tensor) else step
+                    state["step"] = torch.tensor(float(step))
+                self._loaded_state(p, state)
+        self._check_all_groups()
+
+    def _loaded_state(self, param: Tensor, state: dict[str, Any]) -> None:
+        """A subclass's fix-ups of one parameter's state after load_state_dict."""
 
     # The trainer passes a closure (forward + backward on the current batch) when this is set.
     @property
@@ -211,20 +370,41 @@ class AdaptiveMemoryOptimizer(Optimizer):
         return self.plane_bias == "exact"
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if "lr" in param_group:
+            check_lr(param_group["lr"], type(self).__name__)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group.setdefault("prev_lr", None)
-        group.setdefault("prev_loss", None)
+        for key in _RUNTIME_GROUP_KEYS:
+            group.setdefault(key, None)
         self._check_group(group)
-        if self.beta_scope == "global":
-            first = self.param_groups[0]
+        check_options(group, type(self).__name__)
+        self._check_across_groups(group)
+
+    def _check_across_groups(self, group: dict[str, Any]) -> None:
+        name, first = type(self).__name__, self.param_groups[0]
+        for key in OPTIMIZER_OPTIONS:
+            if key in _IMPL_OPTIONS and group[key] is None:
+                continue
+            mine = self._option(key) if key in _IMPL_OPTIONS else first[key]
+            if group[key] != mine:
+                raise ValueError(
+                    f"{name}: {key} differs between param groups ({mine!r} vs "
+                    f"{group[key]!r}); it is an option of the whole optimizer: set it once"
+                )
+        if first["beta_scope"] == "global":
             for key in _GLOBAL_BETA_OPTIONS:
                 if group[key] != first[key]:
                     raise ValueError(
-                        f"{type(self).__name__}: {key} differs between param groups "
+                        f"{name}: {key} differs between param groups "
                         f"({first[key]!r} vs {group[key]!r}); with beta_scope='global' one beta "
                         "is shared by all groups, so use beta_scope='per-group' instead"
                     )
+
+    def _check_all_groups(self) -> None:
+        for group in self.param_groups:
+            self._check_group(group)
+            check_options(group, type(self).__name__)
+            self._check_across_groups(group)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_common_hparams(group, type(self).__name__)
@@ -278,22 +458,50 @@ class AdaptiveMemoryOptimizer(Optimizer):
             return loss
         ts.reduce_group = self._reduce_group(ts)
         impl = self._choose_impl(ts)  # the one decision of this step
+        # the cores read plain numbers: a tensor lr (torch allows one) is read once here
+        groups = [{**g, "lr": _number(g["lr"])} for g in self.param_groups]
+        objective = self._objective(ts, groups, loss)
 
         def betas(ts: StepTensors, sums: SumsFn) -> list[Beta]:
-            return self._betas(ts, sums, loss)
+            return self._betas(ts, groups, sums, objective)
 
-        services = StepServices(self._grads_finite, betas, self.scratch, self._fused_kernels)
-        if not type(self).functional(ts, self.param_groups, services, impl):
+        services = StepServices(
+            self._grads_finite, betas, self.scratch, self._fused_kernels, self._core_cache
+        )
+        if not type(self).functional(ts, groups, services, impl):
             return loss  # nonfinite="skip": nothing changed
         torch._foreach_add_([st["step"] for st in ts.states], 1.0)
-        for group in self.param_groups:
-            group["prev_lr"] = group["lr"]
-            if loss is not None:
-                group["prev_loss"] = loss.detach().clone()
+        for group, used in zip(self.param_groups, groups):
+            group["prev_lr"] = used["lr"]
+            if objective is not None:
+                group["prev_loss"] = objective.clone()
         return loss
+
+    def _objective(
+        self, ts: StepTensors, groups: list[dict[str, Any]], loss: Tensor | None
+    ) -> Tensor | None:
+        """The value of the function the gradient belongs to, for the exact plane bias (None
+        for the linear one): the loss, negated with maximize, plus the coupled weight decay
+        sum_g wd_g / 2 ||x_g||^2 (AM-SGD; docs/algorithm.md, section 2)."""
+        if self.plane_bias != "exact" or loss is None:
+            return None
+        value = loss.detach().reshape(())
+        value = -value if self.maximize else value
+        if not self.coupled_decay or all(g["weight_decay"] == 0 for g in groups):
+            return value
+        decayed = [i for i, gid in enumerate(ts.group_ids) if groups[gid]["weight_decay"] != 0]
+        sq = squared_norms([ts.params[i] for i in decayed])
+        wd = per_tensor(
+            [groups[ts.group_ids[i]]["weight_decay"] for i in decayed], sq.device, sq.dtype
+        )
+        reg = (wd / 2 * sq).sum()
+        if ts.reduce_group is not None:  # shards: the norms are partial
+            dist.all_reduce(reg, group=ts.reduce_group)
+        return value.to(reg.dtype) + reg.to(value.device)
 
     def _gather(self) -> StepTensors:
         ts = StepTensors()
+        maximize = self.maximize
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 if p.grad is None:
@@ -306,9 +514,10 @@ class AdaptiveMemoryOptimizer(Optimizer):
                     )
                 state = self.state[p]
                 if not state:
-                    self._init_state(p, state)
-                ts.params.append(local(p))
-                ts.grads.append(local(p.grad))
+                    self._init_state(_real(p), state)
+                grad = _real(local(p.grad))
+                ts.params.append(_real(local(p)))
+                ts.grads.append(-grad if maximize else grad)
                 ts.states.append(state)
                 ts.group_ids.append(gi)
                 ts.where.append((gi, pi))
@@ -375,19 +584,29 @@ class AdaptiveMemoryOptimizer(Optimizer):
             return True
         if self.nonfinite == "skip":
             return False
-        local_names = [
-            self._param_name(*ts.where[i]) for i in torch.nonzero(bad).flatten().tolist()
-        ]
-        where = ", ".join(local_names) if local_names else "a parameter shard on another rank"
+        positions = torch.nonzero(bad).flatten().tolist()
+        names = [self._param_name(*ts.where[i]) for i in positions[:_NAMES_SHOWN]]
+        if not names:
+            where = "a parameter shard on another rank"
+        elif len(positions) > len(names):
+            where = f"{len(positions)} parameters, among them {', '.join(names)}"
+        else:
+            where = ", ".join(names)
         raise NonFiniteGradientError(
             f"{type(self).__name__}: non-finite gradient in {where}; the step was not applied. "
             "Lower the learning rate, use gradient clipping or AMP's GradScaler, or pass "
             "nonfinite='skip' to skip such steps."
         )
 
-    def _betas(self, ts: StepTensors, sums: SumsFn, loss: Tensor | None) -> list[Beta]:
-        """Per tensor: a frozen float, a 0-dim device tensor, or None (no history: first step)."""
-        groups = self.param_groups
+    def _betas(
+        self,
+        ts: StepTensors,
+        groups: list[dict[str, Any]],
+        sums: SumsFn,
+        objective: Tensor | None,
+    ) -> list[Beta]:
+        """Per tensor: a frozen float, a 0-dim device tensor, or None (no history: first step).
+        `objective`: the function value for the exact plane bias (see `_objective`)."""
         history = [i for i, st in enumerate(ts.states) if has_history(st)]
         beta: list[Beta] = [None] * len(ts.params)
         frozen = [groups[g]["frozen_beta"] for g in ts.group_ids]
@@ -402,8 +621,13 @@ class AdaptiveMemoryOptimizer(Optimizer):
         device, dtype = rows.device, rows.dtype
         gids = [ts.group_ids[i] for i in adaptive]
         eta = per_tensor([groups[g]["lr"] for g in gids], device, dtype)
+        # the previous step's rate, 0 included (a warmup from 0 did not move x: b = 0); only a
+        # group without one (no step yet) takes its current rate
+        prev = [groups[g]["prev_lr"] for g in gids]
         eta_prev = per_tensor(
-            [groups[g]["prev_lr"] or groups[g]["lr"] for g in gids], device, dtype
+            [groups[g]["lr"] if p is None else _number(p) for g, p in zip(gids, prev)],
+            device,
+            dtype,
         )
         g_dot_d = rows[:, 2]
         if self.decoupled_decay:
@@ -413,19 +637,23 @@ class AdaptiveMemoryOptimizer(Optimizer):
         # without a previous loss (e.g. an old checkpoint) fall back to the first-order bias
         exact = self.plane_bias == "exact" and groups[0]["prev_loss"] is not None
         plane = torch.zeros_like(g_dot_d) if exact else eta_prev * g_dot_d
+        lams = [groups[g]["lam"] for g in gids]
+        mixed_lam = self.beta_scope == "global" and len(set(lams)) > 1
+        if mixed_lam:  # one dual over groups with their own lam: weights eta_g / (1 + lam_g)
+            eta = eta / (1 + per_tensor(lams, device, dtype))
         weighted = torch.stack([plane, eta * rows[:, 0], eta * rows[:, 1]], dim=1)
 
         packed, unit_of = reduce_scope(weighted, self.beta_scope, gids)
         if ts.reduce_group is not None:
             dist.all_reduce(packed, group=ts.reduce_group)  # the one collective of a sharded step
         if exact:
-            assert loss is not None  # step() checks it
+            assert objective is not None  # step() checks that there is a loss
             prev_loss = groups[0]["prev_loss"].to(device=device, dtype=dtype)
-            packed[:, 0] = prev_loss - loss.detach().to(device=device, dtype=dtype)
+            packed[:, 0] = prev_loss - objective.to(device=device, dtype=dtype)
 
         unit_gid = {u: g for u, g in zip(unit_of, gids)}
         settings = [
-            (groups[g]["lam"], groups[g]["beta_min"], groups[g]["beta_max"])
+            (0.0 if mixed_lam else groups[g]["lam"], groups[g]["beta_min"], groups[g]["beta_max"])
             for g in (unit_gid[u] for u in range(packed.shape[0]))
         ]
         unit_beta = unit_betas(packed, settings)

@@ -318,8 +318,12 @@ def _momentum_weights(ts: StepTensors, groups: list[dict[str, Any]], beta: list[
 class AMAdamW(AdaptiveMemoryOptimizer):
     """Adaptive Memory AdamW.
 
+    The defaults of lr, betas, eps and weight_decay are torch.optim.AdamW's, so swapping the
+    class keeps them; the paper's values are in configs/optimizer/am_adamw.yaml.
+
     Args as `AMSGD` (lam, beta_max, beta_min, restart_below, frozen_beta, beta_scope,
-    plane_bias, nonfinite, foreach, fused, process_group), plus
+    plane_bias, nonfinite, maximize, foreach, fused, differentiable, capturable,
+    process_group), plus
         betas: (beta1, beta2). AM adapts the first-moment coefficient, so beta1 serves only as
             the default clip `beta_max` (the paper reads 0.9 as both); beta2 is Adam's
             second-moment coefficient (paper: 0.99). For a fixed-momentum AdamW use
@@ -332,7 +336,7 @@ class AMAdamW(AdaptiveMemoryOptimizer):
         self,
         params: Any,
         lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.99),
+        betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         *,
@@ -346,6 +350,9 @@ class AMAdamW(AdaptiveMemoryOptimizer):
         nonfinite: str = "raise",
         foreach: bool | None = None,
         fused: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
         process_group: Any = None,
     ) -> None:
         if len(betas) != 2:
@@ -370,6 +377,9 @@ class AMAdamW(AdaptiveMemoryOptimizer):
             foreach=foreach,
             process_group=process_group,
             fused=fused,
+            maximize=maximize,
+            differentiable=differentiable,
+            capturable=capturable,
         )
 
     def _check_group(self, group: dict[str, Any]) -> None:

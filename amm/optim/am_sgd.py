@@ -12,6 +12,7 @@ The functional core `am_sgd` runs one of three branches with the same signature:
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +104,11 @@ def am_sgd(
         "foreach": _multi_tensor_am_sgd,
         "fused": _fused_am_sgd,
     }[impl]
-    return branch(ts, groups, services, impl)
+    applied = branch(ts, groups, services, impl)
+    if applied and ts.sharded:  # a shard's ||d||^2 is partial: not tracked (see _sq_known)
+        for st in ts.states:
+            st["momentum_sq"] = torch.full_like(st["momentum_sq"], float("nan"))
+    return applied
 
 
 def _single_tensor_am_sgd(
@@ -124,6 +129,8 @@ def _single_tensor_am_sgd(
 
     beta = services.betas(ts, sums)
     _update(ts, groups, _Update(grads, bufs, grad_sq, None), beta, foreach=False)
+    if not ts.sharded:  # the reference: ||d||^2 read from the new buffers
+        _remember_sq(services.cache, ts.states, squared_norms(bufs))
     return True
 
 
@@ -139,9 +146,12 @@ def _multi_tensor_am_sgd(
         g, d = [grads[i] for i in idx], [step.bufs[i] for i in idx]
         lams = [groups[ts.group_ids[i]]["lam"] for i in idx]
         if len(set(lams)) > 1:  # scoped betas may mix lam values: each tensor with its own
-            return torch.cat(
+            rows = torch.cat(
                 [_multi_tensor_am_sgd_sums([g[k]], [d[k]], lam) for k, lam in enumerate(lams)]
             )
+            if not ts.sharded:
+                step.sums = (idx, rows)
+            return rows
         g_sq = None
         if grad_sq is not None:
             g_sq = grad_sq if len(idx) == len(grads) else torch.stack([grad_sq[i] for i in idx])
@@ -151,14 +161,14 @@ def _multi_tensor_am_sgd(
             return _multi_tensor_am_sgd_sums(g, d, lams[0], g_sq)
         states = [ts.states[i] for i in idx]
         d_sq = None
-        if all(st.get("momentum_sq_known", False) for st in states):
+        if all(_sq_known(services.cache, st) for st in states):
             d_sq = torch.stack([st["momentum_sq"] for st in states])
         rows = _multi_tensor_am_sgd_sums(g, d, lams[0], g_sq, d_sq)
         step.sums = (idx, rows)
         return rows
 
     beta = services.betas(ts, sums)
-    _update(ts, groups, step, beta, foreach=True)
+    _update(ts, groups, step, beta, foreach=True, cache=services.cache)
     return True
 
 
@@ -194,7 +204,10 @@ def _fused_am_sgd(
         first = small_tensor([x is None for x in beta], device, torch.bool)
         w = torch.where(first, torch.ones_like(w), w)
     services.kernels.update(ts.params, ts.grads, bufs, hyper_t, w.contiguous(), with_decay)
-    _forget_sq(ts.states)  # pass 1 reads ||d||^2 anyway
+    if not ts.sharded:  # pass 1 reads ||d||^2 anyway; kept for the other implementations
+        w = w.to(raw.dtype)
+        new_sq = (1 - w) ** 2 * raw[:, 2] + 2 * w * (1 - w) * raw[:, 1] + w**2 * raw[:, 0]
+        _remember_sq(services.cache, ts.states, new_sq.to(ts.states[0]["momentum_sq"].dtype))
     return True
 
 
@@ -241,8 +254,10 @@ def _update(  # noqa: C901 - the three kinds of tensors of a step, in order
     step: _Update,
     beta: list[Beta],
     foreach: bool,
+    cache: dict[int, Any] | None = None,
 ) -> None:
-    """The heavy-ball update of the single-tensor and foreach branches."""
+    """The heavy-ball update of the single-tensor and foreach branches; foreach (`cache`)
+    also advances each buffer's ||d||^2."""
     grads, bufs = step.grads, step.bufs
     params_done = False  # the CPU fused kernel below also updates the parameters
     first = [i for i, b in enumerate(beta) if b is None]
@@ -303,23 +318,25 @@ def _update(  # noqa: C901 - the three kinds of tensors of a step, in order
             else:
                 for b_i, g_i, w_i in zip(bufs_a, grads_a, weights):
                     b_i.lerp_(g_i, w_i)
-        if step.sums is not None and step.sums[0] == adaptive:
+        if cache is not None and step.sums is not None and step.sums[0] == adaptive:
             # ||(1 - w) d + w g||^2 from the sums: no extra pass over the new d
             rows = step.sums[1]
             g_dot_d, g_sq, d_sq = rows[:, 2], rows[:, 3], rows[:, 4]
             w = w.to(rows.dtype)
             new_sq = (1 - w) ** 2 * d_sq + 2 * w * (1 - w) * g_dot_d + w**2 * g_sq
-            _remember_sq([ts.states[i] for i in adaptive], new_sq)
-        else:
-            _forget_sq([ts.states[i] for i in adaptive])
-    if first:
-        if step.grad_sq is not None and not ts.sharded:  # d = g
-            _remember_sq(
-                [ts.states[i] for i in first], torch.stack([step.grad_sq[i] for i in first])
+            _remember_sq(cache, [ts.states[i] for i in adaptive], new_sq)
+    if cache is not None and not ts.sharded:
+        if first:  # d = g
+            first_sq = (
+                torch.stack([step.grad_sq[i] for i in first])
+                if step.grad_sq is not None
+                else squared_norms([bufs[i] for i in first])
             )
-        else:
-            _forget_sq([ts.states[i] for i in first])
-    _forget_sq([ts.states[i] for i in frozen])
+            _remember_sq(cache, [ts.states[i] for i in first], first_sq)
+        if frozen:
+            _remember_sq(
+                cache, [ts.states[i] for i in frozen], squared_norms([bufs[i] for i in frozen])
+            )
 
     for gid, members in ({} if params_done else by_group(ts.group_ids)).items():
         lr = groups[gid]["lr"]
@@ -331,16 +348,34 @@ def _update(  # noqa: C901 - the three kinds of tensors of a step, in order
                 p_i.add_(d_i, alpha=-lr)
 
 
-def _remember_sq(states: list[dict[str, Any]], values: Tensor) -> None:
+# ||d||^2 of each momentum buffer is kept in state["momentum_sq"] (so a resumed run continues
+# bit for bit) and advanced algebraically by foreach steps, which then need not re-read d. The
+# value is used only while the buffer is the one it was computed for and no in-place edit has
+# touched it since (e.g. user code resetting momentum with `momentum_buffer.zero_()`): the
+# optimizer's run-time cache records the buffer and its version counter; anything else makes
+# the next foreach step re-read d. Under torch.compile the value is not used (always re-read).
+
+
+def _sq_known(cache: dict[int, Any], state: dict[str, Any]) -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    d = state["momentum_buffer"]
+    seen = cache.get(id(d))
+    return seen is not None and seen[0]() is d and seen[1] == d._version
+
+
+def _remember_sq(cache: dict[int, Any], states: list[dict[str, Any]], values: Tensor) -> None:
     # views of the one new vector: no per-tensor copies (the old vector is freed)
+    compiling = torch.compiler.is_compiling()
     for st, value in zip(states, values.unbind()):
         st["momentum_sq"] = value
-        st["momentum_sq_known"] = True
+        if not compiling:
+            remember_version(cache, st["momentum_buffer"])
 
 
-def _forget_sq(states: list[dict[str, Any]]) -> None:
-    for st in states:
-        st["momentum_sq_known"] = False
+def remember_version(cache: dict[int, Any], buffer: Tensor) -> None:
+    """Record that state["momentum_sq"] now belongs to `buffer` as it is."""
+    cache[id(buffer)] = (weakref.ref(buffer), buffer._version)
 
 
 def _cpu_fused_sgd_applies(bufs: list[Tensor], every_tensor: bool) -> bool:
@@ -381,15 +416,21 @@ class AMSGD(AdaptiveMemoryOptimizer):
         plane_bias: "linear" (first order, no extra loss evaluation) or "exact" (uses the losses
             f(x_{t-1}), f(x_t) from `step(closure)`; deterministic problems).
         nonfinite: "raise" (default), "skip" the step, or "off" (no check, no host sync).
-        foreach: use the multi-tensor implementation (default) or the single-tensor reference.
+        maximize: maximise the objective instead of minimising it (as in torch.optim).
+        foreach: the multi-tensor implementation (None or True: the default, on every device;
+            on the CPU too, where it is faster than the loop) or, with False, the single-tensor
+            reference.
         fused: two Triton kernels per step (CUDA; see amm.optim.am_sgd_kernels) instead of
             foreach; where they cannot run (CPU, no Triton, fp64, ...) the step warns once and
             uses foreach.
         process_group: the parameters are shards (ZeRO-style); the sums are all-reduced over this
             group. DTensor (FSDP2) parameters are detected automatically.
+        differentiable, capturable: torch.optim's flags; only False is supported (True raises
+            NotImplementedError).
     """
 
     functional = staticmethod(am_sgd)
+    coupled_decay = True
     _sum_state_keys = ("momentum_sq",)
 
     def __init__(
@@ -408,6 +449,9 @@ class AMSGD(AdaptiveMemoryOptimizer):
         nonfinite: str = "raise",
         foreach: bool | None = None,
         fused: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
         process_group: Any = None,
     ) -> None:
         defaults = dict(
@@ -428,6 +472,9 @@ class AMSGD(AdaptiveMemoryOptimizer):
             foreach=foreach,
             process_group=process_group,
             fused=fused,
+            maximize=maximize,
+            differentiable=differentiable,
+            capturable=capturable,
         )
 
     def _make_kernels(self) -> Any:
@@ -438,10 +485,21 @@ class AMSGD(AdaptiveMemoryOptimizer):
     def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0)
         state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        # ||d||^2, advanced algebraically from the last step's sums (saves a pass over d);
-        # recomputed whenever it is not known ("momentum_sq_known" False)
+        # ||d||^2 (see _sq_known): 0 for the zero buffer
         state["momentum_sq"] = torch.zeros((), dtype=sum_dtype(param), device=param.device)
-        state["momentum_sq_known"] = False
+        remember_version(self._core_cache, state["momentum_buffer"])
+
+    def _loaded_state(self, param: Tensor, state: dict[str, Any]) -> None:
+        # a checkpoint's ||d||^2 is trusted for its buffer (a resumed run continues bit for
+        # bit), unless an older checkpoint marked it unknown or it is not a number (shards)
+        known = state.pop("momentum_sq_known", True)
+        value = state.get("momentum_sq")
+        if known and isinstance(value, Tensor) and bool(torch.isfinite(value)):
+            remember_version(self._core_cache, state["momentum_buffer"])
+
+    def _momentum_sq_tracked(self, param: Tensor) -> bool:
+        """Whether the next foreach step will use the kept ||d||^2 of `param` (for tests)."""
+        return _sq_known(self._core_cache, self.state[param])
 
     def _state_tensors(self, state: dict[str, Any]) -> tuple[Tensor, ...]:
         return (state["momentum_buffer"],)

@@ -42,6 +42,7 @@ def build_optimizer(
     name: str,
     *,
     lr: float | str,
+    lr_scale: float = 1.0,
     weight_decay: float = 0.0,
     decay_norm_and_bias: bool = False,
     info: Mapping[str, Any] | None = None,
@@ -49,7 +50,8 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """`build_optimizer(model, "am_adamw", lr=1e-3, weight_decay=1e-4, lam=0.1)`.
 
-    lr="auto" takes the problem's suggested step `info["lr"]` (e.g. 1/L for convex problems);
+    lr="auto" takes the problem's suggested step `info["lr"]` (e.g. 1/L for convex problems),
+    times `lr_scale` (lr="auto", lr_scale=2: 2/L); a numeric lr is used as given;
     "oracle" takes its minimiser from `info["minimizer"]`.
     """
     if name not in OPTIMIZERS:
@@ -61,9 +63,16 @@ def build_optimizer(
                 "optimizer.lr='auto' needs a problem that suggests a step size (info['lr'], "
                 "e.g. 1/L for the convex problems); set optimizer.lr to a number instead"
             )
-        lr = float(info["lr"])
+        if not lr_scale > 0:  # also refuses NaN
+            raise ValueError(f"optimizer.lr_scale={lr_scale!r}: must be > 0 (2 means 2 x the step)")
+        lr = float(info["lr"]) * float(lr_scale)
     elif isinstance(lr, str):
         raise ValueError(f"optimizer.lr={lr!r}: use a number or 'auto'")
+    elif lr_scale != 1.0:  # a multiplier on a number would only hide the lr actually used
+        raise ValueError(
+            f"optimizer.lr_scale={lr_scale!r} multiplies the problem's suggested step "
+            f"(optimizer.lr=auto); with optimizer.lr={lr!r} set the lr itself"
+        )
     for key in ("betas",):  # configs give lists; torch wants tuples
         if key in options and options[key] is not None:
             options[key] = tuple(options[key])
