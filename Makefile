@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(PY) -m amm.reproduce figure3 --scale smoke --out-dir results/figure3/demo trainer.max_steps=500
+	$(PY) -m amm.reproduce figure3 --scale smoke --out-dir outputs/demo/figure3 trainer.max_steps=500
 
 test: $(STAMP)
 	$(PY) -m pytest

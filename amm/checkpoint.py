@@ -137,10 +137,11 @@ class Checkpointer:
                 failures.append(f"{path}: {type(err).__name__}: {err}")
                 continue
             if failures:
-                warnings.warn(
-                    f"checkpoint {failures[0]}; resumed from the previous checkpoint {path} "
-                    f"(step {self.state.step}) instead",
-                    stacklevel=2,
+                log.warning(
+                    "checkpoint %s; resumed from the previous checkpoint %s (step %d) instead",
+                    failures[0],
+                    path,
+                    self.state.step,
                 )
             return True
         if failures:

@@ -5,6 +5,7 @@ every data module asks here (``data_dir``, ``cache_dir``, ``offline``), so an en
 variable's name and the default ``~/.cache/amm`` are written once:
 
 - ``AMM_DATA_DIR``: the data root (LIBSVM files, MNIST, CIFAR, the C4 sample, the tokenizer);
+  unset: ``../shared/data`` next to the checkout if it exists, else ``~/.cache/amm``;
 - ``AMM_CACHE_DIR``: computed things (f* of the convex problems, generated smoke stand-ins);
 - ``AMM_IMAGENET_DIR``: the ImageNet ``ImageFolder`` tree (default ``~/data/imagenet``);
 - ``AMM_OFFLINE=1``: never try the network; a missing file is an error at once.
@@ -24,6 +25,9 @@ CACHE_DIR_ENV = "AMM_CACHE_DIR"
 IMAGENET_DIR_ENV = "AMM_IMAGENET_DIR"
 OFFLINE_ENV = "AMM_OFFLINE"
 DEFAULT_ROOT = Path("~/.cache/amm")  # data root and cache when the environment sets none
+# A shared data folder next to the checkout (as on the project's machines; the Makefile used to
+# point AMM_DATA_DIR there): the data root when AMM_DATA_DIR is not set.
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 DEFAULT_IMAGENET_DIR = Path("~/data/imagenet")
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -33,8 +37,11 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The data root: ``explicit``, else ``$AMM_DATA_DIR``, else ``~/.cache/amm``."""
-    return Path(explicit or os.environ.get(DATA_DIR_ENV) or DEFAULT_ROOT).expanduser()
+    """The data root: ``explicit``, else ``$AMM_DATA_DIR``, else ``../shared/data`` next to the
+    checkout when it holds ``libsvm/``, else ``~/.cache/amm``."""
+    if explicit or os.environ.get(DATA_DIR_ENV):
+        return Path(explicit or os.environ[DATA_DIR_ENV]).expanduser()
+    return SHARED_DATA if (SHARED_DATA / "libsvm").is_dir() else DEFAULT_ROOT.expanduser()
 
 
 def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -9,10 +9,12 @@ same command resumes a pre-empted run and returns at once for a finished one.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from amm.config import CONFIG_DIR, require_config_dir
@@ -20,11 +22,22 @@ from amm.config import CONFIG_DIR, require_config_dir
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
+    from amm.checkpoint import CheckpointError
+    from amm.config import ConfigError
+    from amm.rundir import RunDirError
     from amm.trainer import train  # after Hydra parsed the command line: `--help` stays fast
 
     hydra_cfg = HydraConfig.get()
     experiment = hydra_cfg.runtime.choices.get("experiment") or "default"
-    summary = train(cfg, Path(hydra_cfg.runtime.output_dir), experiment=experiment)
+    try:
+        summary = train(cfg, Path(hydra_cfg.runtime.output_dir), experiment=experiment)
+    except (ConfigError, RunDirError, CheckpointError) as err:
+        # the user's to fix, and the message says how: no traceback; on the console and in
+        # run.log (Hydra's job logging)
+        logging.getLogger("amm.run").error("%s", err)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job and goes on with the others
+        raise SystemExit(1) from None
     return summary.get("loss", float("nan"))  # what sweepers (e.g. Optuna) minimise
 
 

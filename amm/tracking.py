@@ -6,13 +6,53 @@ W&B is best effort: any failure is a warning and the run goes on with its local 
 from __future__ import annotations
 
 import json
+import logging
 import netrc
 import os
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+@contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """Log ``amm``'s messages (INFO and up) and any WARNING to ``path`` (the run's ``run.log``).
+
+    Under ``python -m amm.run`` Hydra's job logging already writes ``run.log`` and the console;
+    elsewhere (``train()`` called from Python) a file handler, and a console one on stderr, are
+    added for the duration of the run.
+    """
+    root, amm_log = logging.getLogger(), logging.getLogger("amm")
+    target = str(path.resolve())
+    added: list[logging.Handler] = []
+    if not any(getattr(h, "baseFilename", None) == target for h in root.handlers):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            added.append(logging.FileHandler(path, mode="a"))
+        except OSError:  # a read-only run directory: the console still gets the log
+            pass
+    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+        added.append(logging.StreamHandler(sys.stderr))
+    for handler in added:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    level = amm_log.level
+    amm_log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        amm_log.setLevel(level)
+        for handler in added:
+            root.removeHandler(handler)
+            handler.close()
 
 
 class MetricsFile:
@@ -22,20 +62,26 @@ class MetricsFile:
         """Open ``path`` for appending after dropping records past ``keep_until_step``.
 
         A resumed run restarts from its checkpoint's step; what was logged after that step is
-        logged again, so it is removed here instead of appearing twice.
+        logged again, so it is removed here instead of appearing twice. A torn last line (a
+        hard kill or a full disk while it was written) is dropped with a warning: it is past
+        the checkpoint anyway. A bad line elsewhere is an error naming the file and line.
         """
         self.path = path
         if path.exists():
-            lines = path.read_text().splitlines(keepends=True)
-            kept = [line for line in lines if json.loads(line)["step"] <= keep_until_step]
-            if len(kept) != len(lines):
+            records = read_jsonl(path, torn_tail="drop")
+            kept = [r for r in records if r["step"] <= keep_until_step]
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            if text != path.read_text():
                 tmp = path.with_suffix(".tmp")
-                tmp.write_text("".join(kept))
+                tmp.write_text(text)
                 os.replace(tmp, path)
         self._file = path.open("a", buffering=1)  # line-buffered: readable while running
 
     def append(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()
@@ -72,10 +118,10 @@ class RunOutputs:
         if self.wandb is not None:
             self.wandb.log(record, step=record["step"])
 
-    def last_record(self) -> dict[str, Any]:
-        """The last record in ``metrics.jsonl`` ({} when there is none)."""
-        records = read_jsonl(self.metrics.path)
-        return records[-1] if records else {}
+    def records(self) -> list[dict[str, Any]]:
+        """Every record in ``metrics.jsonl`` so far."""
+        self.metrics.flush()
+        return read_jsonl(self.metrics.path)
 
     def close(self, exit_code: int = 0) -> None:
         if self._closed:
@@ -96,10 +142,30 @@ class RunOutputs:
         self.close(exit_code=code)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl``."""
-    with path.open() as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def read_jsonl(path: Path, torn_tail: str = "raise") -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl``. A line that is not JSON is an error naming the file
+    and line, except a torn last line with ``torn_tail="drop"`` (dropped with a warning)."""
+    lines = path.read_text().splitlines(keepends=True)
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not line.endswith("\n"):
+                raise ValueError("incomplete line")
+        except ValueError as err:
+            if number == len(lines) and torn_tail == "drop":
+                log.warning(
+                    "%s: dropped its torn last line %d (%s): %r", path, number, err, line[:80]
+                )
+                break
+            raise ValueError(
+                f"{path}, line {number}: not a JSON record ({err}): {line[:80]!r}. "
+                "Delete the line (a resumed run logs the steps after its checkpoint again)."
+            ) from err
+        records.append(record)
+    return records
 
 
 def wandb_mode(requested: str) -> str:

@@ -30,6 +30,7 @@ under the submitit launcher that handler requeues the job (SIGUSR2: time limit n
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -52,17 +53,33 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from amm import paths
-from amm.checkpoint import LAST, Checkpointer, TrainState
+from amm.checkpoint import CHECKPOINT_DIR, LAST, Checkpointer, TrainState, remove_checkpoints
+from amm.config import validate
 from amm.data import DataModule
-from amm.distributed import DISTRIBUTED, setup_distributed, shard_model, teardown_distributed
+from amm.distributed import global_rank, setup_distributed, shard_model, teardown_distributed
 from amm.models import Model
 from amm.optim import build_optimizer
 from amm.provenance import provenance
-from amm.tracking import RunOutputs
+from amm.rundir import (
+    FINGERPRINT,
+    RunDirNotWritable,
+    RunLock,
+    config_differences,
+    config_fingerprint,
+    data_differences,
+    data_fingerprint,
+    mismatch_error,
+    read_fingerprint,
+    write_fingerprint,
+)
+from amm.tracking import RunOutputs, run_log
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = LAST  # checkpoints/last.pt, relative to the run directory
 SUMMARY = "summary.json"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+LOW_PRECISION = (torch.bfloat16, torch.float16)  # gradient sums in fp32, as the optimizers do
 # recorded in meta.json: which SLURM job (array task) ran the run, where, after how many requeues
 SLURM_META = (
     "SLURM_JOB_ID",
@@ -77,35 +94,42 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
     """Run (or resume, or skip if finished) the training described by ``cfg`` in ``run_dir``."""
     run_dir = Path(run_dir)
     tcfg = cfg.trainer
-    summary_path = run_dir / SUMMARY
-    if summary_path.exists():  # finished before: a re-run of the same command does nothing
-        return json.loads(summary_path.read_text())
+    validate(cfg)  # before any work: a bad value names its key and what is allowed
     paths.apply(cfg.paths)
 
     # every exit path (an error, a stop signal, the end) closes what was opened, in reverse
     with ExitStack() as cleanup:
+        # ---- the run directory: lock, log, fingerprint (rank 0); finished already? -------
+        is_main = global_rank() == 0
+        if is_main:
+            finished = open_run_dir(cfg, run_dir, cleanup)
+            if finished is not None:
+                return finished
+        elif (run_dir / SUMMARY).exists():
+            return json.loads((run_dir / SUMMARY).read_text())
+
         # ---- distributed setup, seeds ----------------------------------------------------
         rank, world_size, device = setup_distributed(tcfg.device)
         cleanup.callback(teardown_distributed)
-        is_main = rank == 0
         seed_everything(int(tcfg.seed))
         if tcfg.num_threads:
             torch.set_num_threads(int(tcfg.num_threads))
 
         # ---- problem, model, optimizer, schedule -----------------------------------------
         data: DataModule = instantiate(cfg.dataset)
+        if is_main:
+            check_data(cfg, run_dir, data)
         info = data.info
         fstar = info.get("fstar")
         dtype = getattr(torch, tcfg.dtype) if tcfg.dtype else None
         raw_model: nn.Module = instantiate(cfg.model, info=info).to(device=device, dtype=dtype)
-        if tcfg.distributed not in DISTRIBUTED:
-            raise ValueError(f"trainer.distributed={tcfg.distributed!r}; use one of {DISTRIBUTED}")
         sharded = tcfg.distributed == "fsdp"  # checkpoint format (DCP), whatever the world size
         fsdp = sharded and world_size > 1
         if fsdp:
             shard_model(raw_model)  # before the optimizer, which must hold the sharded parameters
         optimizer_options: dict[str, Any] = OmegaConf.to_container(cfg.optimizer, resolve=True)  # type: ignore[assignment]
         optimizer = build_optimizer(raw_model, **optimizer_options, info=info)
+        resolved_lr = float(optimizer.param_groups[0]["lr"])  # lr: auto is info["lr"] x lr_scale
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_factor(tcfg.scheduler, int(tcfg.max_steps))
         )
@@ -116,6 +140,7 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         beta_stats: Callable[[], dict[str, Tensor]] = getattr(optimizer, "beta_stats", dict)
         autocast = autocast_context(tcfg.precision, device)
+        skip_nonfinite = optimizer_options.get("nonfinite") == "skip"
 
         # ---- resume from the run directory's checkpoint, if any --------------------------
         state = TrainState()
@@ -130,14 +155,15 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
             world_size=world_size,
             device=device,
         )
-        checkpointer.load()
+        resumed = checkpointer.load()
 
         # ---- outputs (rank 0): config.yaml, meta.json, metrics.jsonl, W&B ----------------
         outputs = None
         if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-            meta = write_meta(run_dir, experiment, world_size, device, resumed_from=state.step)
+            saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+            saved.optimizer.resolved_lr = resolved_lr  # the number the lr (auto x lr_scale) became
+            OmegaConf.save(saved, run_dir / "config.yaml")
+            meta = write_meta(run_dir, experiment, world_size, device, state.step, resolved_lr)
             wandb_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
             outputs = RunOutputs(
                 run_dir,
@@ -149,20 +175,20 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
                 config=wandb_config,
             )
             cleanup.push(outputs.exit)  # W&B learns how the run ended
+            how = f"resumed from step {state.step}" if resumed else "new run"
+            log.info("%s: %s (%d steps, lr %.6g)", run_dir, how, int(tcfg.max_steps), resolved_lr)
 
         # ---- the step loop -----------------------------------------------------------------
         max_steps, log_every = int(tcfg.max_steps), int(tcfg.log_every)
         accumulate = int(tcfg.accumulate_grad_batches)
-        if accumulate < 1:
-            raise ValueError(
-                f"trainer.accumulate_grad_batches={accumulate}: use 1 (no accumulation) or more"
-            )
         eval_every, ckpt_every = int(tcfg.eval_every or 0), int(tcfg.checkpoint_every or 0)
         batches = batch_stream(data, state.epoch, state.batch_idx, rank, world_size)
         bar = cleanup.enter_context(
             tqdm(total=max_steps, initial=state.step, disable=not (is_main and tcfg.progress))
         )
         last: dict[str, Any] = {}
+        stopped_early = ""  # why the run stopped before max_steps (diverged)
+        skipped_since_record = 0
         t0 = time.perf_counter()
         stop = cleanup.enter_context(StopFlag())
         while state.step < max_steps:
@@ -178,10 +204,31 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
             state.step, state.batch_idx = state.step + 1, i + 1
             state.pending.append(beta_stats())
             bar.update(1)
-
             step = state.step
+
+            # optimizer.nonfinite=skip: the optimizer skipped this step if a gradient was not
+            # finite (it read that flag on the host too); count, log, and stop when it persists
+            if skip_nonfinite and not gradients_finite(raw_model, world_size):
+                state.skipped += 1
+                state.skipped_in_row += 1
+                skipped_since_record += 1
+                if is_main:
+                    log.warning(
+                        "step %d: non-finite gradient, update skipped (%d in a row, %d in all)",
+                        step,
+                        state.skipped_in_row,
+                        state.skipped,
+                    )
+                if state.skipped_in_row >= int(tcfg.max_nonfinite_in_row):
+                    stopped_early = (
+                        f"{state.skipped_in_row} updates in a row skipped for non-finite "
+                        f"gradients (trainer.max_nonfinite_in_row={tcfg.max_nonfinite_in_row})"
+                    )
+            elif skip_nonfinite:
+                state.skipped_in_row = 0
+
             do_eval = step == max_steps or (eval_every > 0 and step % eval_every == 0)
-            if step % log_every == 0 or do_eval:
+            if step % log_every == 0 or do_eval or stopped_early:
                 record = make_record(loss, metrics, state.pending, world_size)
                 state.pending = []
                 record = {
@@ -192,6 +239,9 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
                 }
                 if fstar is not None:
                     record["objective_gap"] = record["loss"] - fstar
+                if skip_nonfinite:
+                    record["skipped_steps"] = skipped_since_record
+                    skipped_since_record = 0
                 if do_eval and (is_main or fsdp):
                     record.update(evaluate(raw_model, data, device, dtype, autocast))
                 record["time_s"] = state.elapsed + time.perf_counter() - t0
@@ -203,24 +253,136 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
                 stop.sync(world_size)
 
             signum = stop.agreed(world_size)
-            if step == max_steps or (ckpt_every > 0 and step % ckpt_every == 0) or signum:
+            at_end = step == max_steps or bool(stopped_early)
+            if at_end or (ckpt_every > 0 and step % ckpt_every == 0) or signum:
                 checkpointer.save(elapsed=state.elapsed + time.perf_counter() - t0)
             if signum:
+                if is_main:
+                    log.warning(
+                        "%s: stopped by %s at step %d; checkpoint saved, the same command "
+                        "resumes it",
+                        run_dir,
+                        signal.Signals(signum).name,
+                        step,
+                    )
                 if outputs is not None:
                     outputs.close(exit_code=128 + signum)  # before a requeue can kill us
                 stop.pass_on(signum)  # under submitit: requeue the job (and exit)
                 raise SystemExit(128 + signum)  # non-zero, so a scheduler requeues the job
+            if stopped_early:
+                break
 
         # ---- summary ---------------------------------------------------------------------
-        if not last and outputs is not None:  # resumed from the final checkpoint
-            last = outputs.last_record()
-        summary = {k: v for k, v in last.items() if k != "betas"}
+        summary: dict[str, Any] = {}
         if outputs is not None:
+            records = outputs.records()  # all of them: also the steps before a resume
+            last = last or (records[-1] if records else {})
+            summary = {k: v for k, v in last.items() if k != "betas"}
+            summary |= divergence(records, stopped_early, state.skipped)
             outputs.close()
-            write_json_atomic(summary_path, summary)
+            write_json_atomic(run_dir / SUMMARY, summary)
+            if summary["diverged"]:
+                log.warning("%s: DIVERGED: %s", run_dir, summary["diverged_reason"])
+            log.info(
+                "%s: finished at step %s; summary: %s",
+                run_dir,
+                summary.get("step"),
+                run_dir / SUMMARY,
+            )
         if world_size > 1:
             dist.barrier()
         return summary
+
+
+def open_run_dir(cfg: DictConfig, run_dir: Path, cleanup: ExitStack) -> dict[str, Any] | None:
+    """Rank 0's first look at the run directory: take its lock, log to its ``run.log``, check
+    the fingerprint of the config (``trainer.on_mismatch``). The summary if finished, else None."""
+    summary_path = run_dir / SUMMARY
+    cleanup.enter_context(run_log(run_dir / "run.log"))
+    try:
+        cleanup.enter_context(RunLock(run_dir))  # a second process in this directory is refused
+    except RunDirNotWritable:
+        if not summary_path.exists():
+            raise
+        read_only = True  # a finished run on a read-only file system: only read it
+    else:
+        read_only = False
+    started = summary_path.exists() or (run_dir / CHECKPOINT_DIR).exists()
+    recorded = read_fingerprint(run_dir)
+    config = config_fingerprint(cfg)
+    if started and recorded is not None:
+        differences = config_differences(recorded.get("config", {}), config)
+        if summary_path.exists():  # its data is not built: check the files it read, in place
+            differences += data_differences(recorded.get("data", {}), files=None)
+        if differences:
+            restart_or_refuse(cfg, run_dir, differences)
+    if summary_path.exists():
+        note = " (read-only)" if read_only else ""
+        log.info("%s: finished already%s; summary: %s", run_dir, note, summary_path)
+        return dict(json.loads(summary_path.read_text()))
+    if recorded is None or not started:
+        write_fingerprint(run_dir, config, {})  # the data part once the data is built
+    return None
+
+
+def check_data(cfg: DictConfig, run_dir: Path, data: DataModule) -> None:
+    """The data files of a resumed run must be those it started with (rank 0)."""
+    recorded = read_fingerprint(run_dir) or {}
+    files = data.source_files()
+    if recorded.get("data"):
+        differences = data_differences(recorded["data"], files)
+        if differences:
+            restart_or_refuse(cfg, run_dir, differences)
+    write_fingerprint(run_dir, config_fingerprint(cfg), data_fingerprint(files))
+
+
+def restart_or_refuse(cfg: DictConfig, run_dir: Path, differences: list[str]) -> None:
+    """``trainer.on_mismatch``: ``refuse`` (raise, listing the differences) or ``restart``
+    (delete the run's checkpoints, metrics and summary, then start it over)."""
+    if cfg.trainer.on_mismatch != "restart":
+        raise mismatch_error(run_dir, differences)
+    log.warning(
+        "%s: config or data changed (%s); trainer.on_mismatch=restart: starting the run over",
+        run_dir,
+        "; ".join(differences),
+    )
+    remove_checkpoints(run_dir)
+    for name in (SUMMARY, "metrics.jsonl", FINGERPRINT):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def divergence(records: list[dict[str, Any]], stopped_early: str, skipped: int) -> dict[str, Any]:
+    """``diverged`` (and why) for the summary: a non-finite loss was logged, or the run stopped
+    on non-finite gradients. Artifacts read it to mark the run."""
+    bad = next((r for r in records if not math.isfinite(r.get("loss", 0.0))), None)
+    out: dict[str, Any] = {"diverged": bool(bad) or bool(stopped_early)}
+    if stopped_early:
+        out["diverged_reason"] = f"stopped: {stopped_early}"
+    elif bad is not None:
+        out["diverged_reason"] = f"loss {bad['loss']} at step {bad['step']}"
+    if skipped:
+        out["skipped_steps"] = skipped
+    return out
+
+
+def gradients_finite(model: nn.Module, world_size: int) -> bool:
+    """Whether every gradient's sum of squares is finite (the optimizers' own test; one host
+    read). Under FSDP the shards' flags are combined."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    sums = torch.stack(
+        [
+            g.detach().float().pow(2).sum() if g.dtype in LOW_PRECISION else g.detach().pow(2).sum()
+            for g in grads
+        ]
+    )
+    finite = torch.isfinite(sums).all().to(torch.int64).reshape(1)
+    if world_size > 1:
+        if dist.get_backend() == "nccl":
+            finite = finite.cuda()
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
 
 
 # ---- helpers, in the order the loop uses them ---------------------------------------------
@@ -261,7 +423,12 @@ def autocast_context(precision: str | None, device: torch.device) -> Any:
 
 
 def write_meta(
-    run_dir: Path, experiment: str, world_size: int, device: torch.device, resumed_from: int
+    run_dir: Path,
+    experiment: str,
+    world_size: int,
+    device: torch.device,
+    resumed_from: int,
+    lr: float,
 ) -> dict[str, Any]:
     """Write ``meta.json``; a restart keeps the W&B run id, so W&B resumes the same run."""
     path = run_dir / "meta.json"
@@ -272,6 +439,7 @@ def write_meta(
         "world_size": world_size,
         "device": str(device),
         "resumed_from_step": resumed_from,
+        "lr": lr,  # the optimizer's resolved initial lr (optimizer.lr: auto x lr_scale)
         "slurm": {k: os.environ[k] for k in SLURM_META if k in os.environ},
         "wandb_id": old.get("wandb_id") or secrets.token_hex(4),
     }

@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from suite_helpers import amm_run_cmd, compose_config, metrics, run_amm, subprocess_env, summary
 
+from amm.data.convex import LogisticRegressionProblem
 from amm.trainer import CHECKPOINT, lr_factor, train
 
 BREAST_CANCER = ["trainer.progress=false", "optimizer=am_sgd", "optimizer.plane_bias=exact"]
@@ -82,11 +83,18 @@ def test_log_interval_still_records_every_beta(tmp_path: Path) -> None:
     assert {**sparse, "time_s": 0} == {**every, "time_s": 0}
 
 
-def test_finished_run_returns_its_summary_without_training(tmp_path: Path) -> None:
+def test_finished_run_returns_its_summary_without_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = compose_config([*BREAST_CANCER, "trainer.max_steps=3"])
     first = train(cfg, tmp_path)
     before = (tmp_path / "metrics.jsonl").read_text()
-    cfg.dataset._target_ = "no.such.module.Problem"  # would fail if it built anything
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("built the problem")
+
+    # would fail if it built anything (the config itself must stay: it is fingerprinted)
+    monkeypatch.setattr(LogisticRegressionProblem, "__init__", no_build)
     assert train(cfg, tmp_path) == first
     assert (tmp_path / "metrics.jsonl").read_text() == before
 
