@@ -31,6 +31,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from amm.config import CONFIG_DIR, SCALES, require_config_dir
@@ -131,11 +132,15 @@ def reproduce(
     commands: list[str] = []
     launched: list[tuple[str, subprocess.Popen[bytes]]] = []  # cluster blocks, run at once
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        jobs = [
-            [f"experiment={artifact}", f"scale={scale}", *block, *overrides]
-            for block in sweep_blocks(artifact, scale)
-        ]
-        block_dirs = [job_run_dirs(job) for job in jobs]
+        try:
+            jobs = [
+                [f"experiment={artifact}", f"scale={scale}", *block, *overrides]
+                for block in sweep_blocks(artifact, scale)
+            ]
+            block_dirs = [job_run_dirs(job) for job in jobs]
+        except HydraException as err:  # e.g. a typo in an override: its message, no traceback
+            cause = f" ({err.__cause__})" if err.__cause__ else ""
+            raise SystemExit(f"amm.reproduce {artifact}: {err}{cause}") from None
     run_dirs = [d for dirs in block_dirs for d in dirs]
     if len(set(run_dirs)) != len(run_dirs):  # e.g. two blocks that differ only in `method`
         twice = sorted({str(d) for d in run_dirs if run_dirs.count(d) > 1})
@@ -149,7 +154,8 @@ def reproduce(
         elif uses_cluster(overrides) and not (dry_run or collect):
             launched.append((commands[-1], subprocess.Popen(cmd)))
         elif not (dry_run or collect):
-            subprocess.run(cmd, check=True)
+            launched.append((commands[-1], subprocess.Popen(cmd)))
+            launched[-1][1].wait()  # one block after the other; a failing job stops none
     failed = [command for command, proc in launched if proc.wait() != 0]
     if dry_run:
         print("\n".join(f"  {d}" for d in run_dirs))
@@ -159,9 +165,11 @@ def reproduce(
     if failed or missing:
         raise SystemExit(
             f"{len(missing)} of {len(run_dirs)} runs have no summary.json (failed, or still "
-            "queued/running: see `squeue --me` and each run directory's .submitit logs), e.g.\n  "
-            + "\n  ".join(map(str, missing[:5]))
+            "queued/running on a cluster: see `squeue --me` and the sweep's .submitit logs); "
+            f"{artifact} was not drawn. Runs and their logs:\n  "
+            + "\n  ".join(f"{d}  (log: {d / 'run.log'})" for d in missing)
             + "".join(f"\nfailed: {c}" for c in failed)
+            + "\nFix the cause and re-run the same command: finished runs are not run again."
         )
     importlib.import_module(f"experiments.{artifact}").make(run_dirs, out_dir, scale)
     (out_dir / "commands.txt").write_text("\n".join(commands) + "\n")
