@@ -1,9 +1,13 @@
 """Figure 1 (paper sec. 3.1): fixed vs adaptive momentum on a quadratic.
 
-Left: objective gap vs iteration for MGD with each fixed beta of the grid, AM-MGD (exact and
-linear plane bias) and the oracle beta. Right: final gap against the fixed beta, with the
-adaptive methods as horizontal lines: how sharply fixed beta degrades around its best value.
-Writes figure1.png, figure1.pdf and table.md.
+At lr = 1/L (c = 1), figure1.png|pdf and table.md. Left: objective gap vs iteration for MGD
+with each fixed beta of the grid, AM-MGD (exact and linear plane bias) and the oracle beta.
+Right: final gap against the fixed beta, with the adaptive methods as horizontal lines: how
+sharply fixed beta degrades around its best value.
+
+Across step sizes lr = c / L (``optimizer.lr_scale``, the axis of Figure 3),
+figure1_stepsize.png|pdf and stepsize.md: the final gap of each adaptive method, MGD β = 0.9
+and MGD β* (the best fixed beta at that c) against c; diverged runs are marked.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from experiments import Run, fmt, load_runs, nan_to_inf
+from experiments._stepsize import cell, draw_vs_c, initial_gap, lr_scale, score
 
 METHODS = ("am_mgd", "oracle", "mgd")  # the `method` labels of configs/experiment/figure1.yaml
 
@@ -38,7 +43,11 @@ def style(run: Run) -> tuple[str, str]:
 
 
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
-    runs = load_runs(run_dirs)
+    all_runs = load_runs(run_dirs)
+    draw_stepsize(all_runs, out_dir, scale)
+    runs = [r for r in all_runs if lr_scale(r) == 1.0]  # the figure at lr = 1/L
+    if not runs:
+        return
     fixed = sorted((r for r in runs if r.method == "mgd"), key=lambda r: r.cfg.optimizer.momentum)
     adaptive = [r for r in runs if r.method != "mgd"]
     best = min(fixed, key=lambda r: nan_to_inf(r.final("objective_gap"))) if fixed else None
@@ -105,3 +114,57 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         for r in adaptive + fixed
     ]
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
+
+
+def draw_stepsize(runs: list[Run], out_dir: Path, scale: str) -> None:
+    """figure1_stepsize.png and stepsize.md: the final gap of every method against c."""
+    scales = sorted({lr_scale(r) for r in runs})
+    t = int(runs[0].summary.get("step", 1)) - 1  # the last recorded iterate
+    lines: dict[str, dict[float, Run]] = {}  # name -> c -> run
+    stars: dict[float, float] = {}
+    for c in scales:
+        at_c = [r for r in runs if lr_scale(r) == c]
+        for r in at_c:
+            if r.method != "mgd":
+                lines.setdefault(label(r), {})[c] = r
+            elif float(r.cfg.optimizer.momentum) == 0.9:
+                lines.setdefault("MGD β=0.9", {})[c] = r
+        grid = [r for r in at_c if r.method == "mgd"]
+        if grid:
+            best = min(grid, key=lambda r: score(r, t))
+            lines.setdefault("MGD β*", {})[c] = best
+            stars[c] = float(best.cfg.optimizer.momentum)
+
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ceiling = 3 * max(initial_gap(r) for r in runs)
+    colours = {"MGD β=0.9": "tab:blue", "MGD β*": "tab:green"}
+    for name, points in lines.items():
+        run = next(iter(points.values()))
+        ls, colour = style(run) if run.method != "mgd" else ("-", colours[name])
+        draw_vs_c(ax, points, t, ceiling, ls=ls, color=colour, label=name)
+    ax.axhline(ceiling, color="k", lw=0.5, alpha=0.4)
+    ax.set(yscale="log", xlabel="c (lr = c / L)", ylabel=f"f − f* after {t} iterations")
+    ax.legend(fontsize=7)
+    fig.suptitle(
+        f"Figure 1 across step sizes ({scale} scale); x on the grey line: diverged", fontsize=10
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / "figure1_stepsize.png", dpi=150)
+    fig.savefig(out_dir / "figure1_stepsize.pdf")
+
+    names = list(lines)
+    table = [
+        f"# Figure 1 across step sizes ({scale} scale): f − f* after {t} iterations, lr = c / L",
+        "",
+        "MGD β*: the fixed beta of the grid with the lowest final gap at that c. 'diverged': "
+        "the gap is not finite or above the starting point's.",
+        "",
+        "| c | " + " | ".join(names) + " | β* |",
+        "|---" * (len(names) + 2) + "|",
+    ]
+    for c in scales:
+        row = [cell(lines[n].get(c), t) for n in names]
+        star = f"{stars[c]:g}" if c in stars else "–"
+        table.append(f"| {c:g} | " + " | ".join(row) + f" | {star} |")
+    (out_dir / "stepsize.md").write_text("\n".join(table) + "\n")

@@ -1,21 +1,31 @@
-"""Figure 3 (paper sec. 4.1, app. F.1): logistic regression on LIBSVM sets.
+"""Figure 3 (paper sec. 4.1, app. E.1/F.1): logistic regression on LIBSVM sets, across step sizes.
 
-One panel per data set: f − f* (log scale) vs iteration for AM-MGD, MGD with beta = 0.9, MGD
-with beta* (the momentum of the grid with the lowest final loss, chosen here) and Adam; under
-it, a small panel with AM-MGD's beta_t. Writes figure3.png, figure3.pdf and table.md (final
-f − f* per method and data set, and beta*).
+The runs: AM-MGD and MGD with a momentum grid at lr = c / L for each c of the sweep
+(``optimizer.lr_scale``), and Adam once (its lr does not depend on L). Per c, MGD β* is the
+momentum of the grid with the lowest f − f* at the last budget (``budgets`` of the config).
+Writes:
+
+- figure3.png|pdf and table.md: at c = 1, one panel per data set, f − f* (log scale) vs
+  iteration for AM-MGD, MGD β = 0.9, MGD β* and Adam, with AM-MGD's β_t under it;
+- figure3_stepsize.png|pdf: per data set, f − f* after the last two budgets vs c for AM-MGD,
+  MGD β = 0.9 and MGD β* (x at the top of the panel: diverged; Adam as a dotted line);
+- figure3_best.png|pdf: per data set, each method at its own best c (MGD β*: best c and β);
+- stepsize.md: f − f* per data set, c and budget; the best c of each method; per c, the
+  number of data sets where AM-MGD is ahead.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from experiments import Run, fmt, load_runs, nan_to_inf
+from experiments import Run, fmt, load_runs
+from experiments._stepsize import budgets, cell, draw_vs_c, gap_at, initial_gap, lr_scale, score
 
 METHODS = ("AM-MGD", "MGD β=0.9", "MGD β*", "Adam")
 STYLE: dict[str, dict[str, Any]] = {
@@ -25,49 +35,99 @@ STYLE: dict[str, dict[str, Any]] = {
     "Adam": {"color": "tab:purple", "ls": ":"},
 }
 MGD_BETA = 0.9  # the commonly used value the paper compares with
+BASE_C = 1.0  # the step of the per-set curves (lr = 1/L)
 
 
-def select(runs: list[Run]) -> tuple[dict[str, Run], float | None]:
-    """The four methods' runs of one data set, and beta* (None without a momentum grid)."""
-    chosen: dict[str, Run] = {}
-    grid = {}
-    for r in runs:  # by the `method` label of the run's sweep block
+@dataclass
+class SetRuns:
+    """One data set's runs, by the `method` label of their sweep block."""
+
+    am: dict[float, Run] = field(default_factory=dict)  # c -> AM-MGD run
+    grid: dict[float, dict[float, Run]] = field(default_factory=dict)  # c -> momentum -> run
+    adam: Run | None = None
+
+    def scales(self) -> list[float]:
+        return sorted(set(self.am) | set(self.grid))
+
+
+def collect(runs: list[Run]) -> dict[str, SetRuns]:
+    """Runs per data set, data sets in sweep order."""
+    sets: dict[str, SetRuns] = defaultdict(SetRuns)
+    for r in runs:
+        s = sets[str(r.cfg.dataset.name)]
         if r.method == "am_mgd":
-            chosen["AM-MGD"] = r
-        elif r.method == "adam":
-            chosen["Adam"] = r
+            s.am[lr_scale(r)] = r
         elif r.method == "mgd":
-            grid[float(r.cfg.optimizer.momentum)] = r
+            s.grid.setdefault(lr_scale(r), {})[float(r.cfg.optimizer.momentum)] = r
+        elif r.method == "adam":
+            s.adam = r
         else:
             raise ValueError(f"run {r.dir}: method {r.method!r} is not am_mgd, mgd or adam")
-    if MGD_BETA in grid:
-        chosen["MGD β=0.9"] = grid[MGD_BETA]
-    if not grid:
-        return chosen, None
-    beta_star = min(grid, key=lambda b: nan_to_inf(grid[b].final("loss")))
-    chosen["MGD β*"] = grid[beta_star]
-    return chosen, beta_star
+    return dict(sets)
+
+
+def beta_star(grid: dict[float, Run], t: int) -> float | None:
+    """The momentum of the grid with the lowest gap at iteration t (None: no grid)."""
+    return min(grid, key=lambda b: score(grid[b], t)) if grid else None
+
+
+def chosen_at(s: SetRuns, c: float, t: int) -> tuple[dict[str, Run], float | None]:
+    """The four methods' runs at step c (Adam: its one run), and β* at c."""
+    grid = s.grid.get(c, {})
+    star = beta_star(grid, t)
+    runs = {
+        "AM-MGD": s.am.get(c),
+        "MGD β=0.9": grid.get(MGD_BETA),
+        "MGD β*": grid[star] if star is not None else None,
+        "Adam": s.adam,
+    }
+    return {m: r for m, r in runs.items() if r is not None}, star
+
+
+def best_step(points: dict[float, Run], t: int) -> tuple[float, Run] | None:
+    """(c, run) with the lowest gap at t over the step sizes (None: no runs)."""
+    if not points:
+        return None
+    c = min(points, key=lambda c: score(points[c], t))
+    return c, points[c]
+
+
+def best_of_grid(s: SetRuns, t: int) -> tuple[float, float, Run] | None:
+    """(c, β, run): MGD's best over every step size and momentum."""
+    pairs = [(c, b, r) for c, grid in s.grid.items() for b, r in grid.items()]
+    return min(pairs, key=lambda p: score(p[2], t)) if pairs else None
+
+
+def panel_grid(fig: Figure, n: int) -> tuple[Any, int]:
+    ncols = min(n, 4)
+    return fig.add_gridspec(math.ceil(n / ncols), ncols), ncols
 
 
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
-    by_dataset: dict[str, list[Run]] = defaultdict(list)
-    for r in load_runs(run_dirs):
-        by_dataset[r.cfg.dataset.name].append(r)
-    datasets = list(by_dataset)  # in sweep order
+    runs = load_runs(run_dirs)
+    sets = collect(runs)
+    ts = budgets(runs)
+    last = ts[-1]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    draw_curves(sets, last, out_dir, scale)
+    draw_stepsize(sets, ts, out_dir, scale)
+    draw_best(sets, last, out_dir, scale)
+    (out_dir / "stepsize.md").write_text("\n".join(stepsize_tables(sets, ts, scale)) + "\n")
 
-    ncols = min(len(datasets), 4)
-    nrows = math.ceil(len(datasets) / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 4.2 * nrows), layout="constrained")
-    cells = fig.add_gridspec(nrows, ncols)
+
+def draw_curves(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str) -> None:
+    """figure3.png and table.md: the per-set curves at c = 1."""
+    fig = Figure(figsize=(4.2 * min(len(sets), 4), 4.2 * math.ceil(len(sets) / 4)))
+    fig.set_layout_engine("constrained")
+    cells, ncols = panel_grid(fig, len(sets))
     table = [
-        f"# Figure 3: final f − f* after {{steps}} iterations ({scale} scale)",
+        f"# Figure 3: f − f* after {last} iterations at lr = 1/L ({scale} scale)",
         "",
         "| data set | " + " | ".join(METHODS) + " | β* |",
         "|---" * (len(METHODS) + 2) + "|",
     ]
-    steps = 0
-    for k, name in enumerate(datasets):
-        chosen, beta_star = select(by_dataset[name])
+    for k, (name, s) in enumerate(sets.items()):
+        chosen, star = chosen_at(s, BASE_C, last)
         sub = cells[k // ncols, k % ncols].subgridspec(2, 1, height_ratios=[3, 1], hspace=0)
         ax = fig.add_subplot(sub[0])
         ax_beta = fig.add_subplot(sub[1], sharex=ax)
@@ -76,7 +136,7 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
             if method not in chosen:
                 continue
             it, gap = chosen[method].series("objective_gap")
-            label = f"MGD β*={beta_star:g}" if method == "MGD β*" else method
+            label = f"MGD β*={star:g}" if method == "MGD β*" else method
             ax.plot(it, gap, label=label, **STYLE[method])
         ax.set(yscale="log", title=name, ylabel="f − f*")
         ax.legend(fontsize=7)
@@ -84,16 +144,170 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
             step, beta = chosen["AM-MGD"].betas()
             ax_beta.plot(step - 1, beta, color="tab:red", lw=0.8)
         ax_beta.set(ylim=(-0.05, 1.0), xlabel="iteration", ylabel="β_t")
-        steps = max([steps, *(int(r.summary.get("step", 0)) for r in chosen.values())])
-        finals = [fmt(chosen[m].final("objective_gap")) if m in chosen else "–" for m in METHODS]
-        star = "–" if beta_star is None else f"{beta_star:g}"
-        table.append(f"| {name} | " + " | ".join(finals) + f" | {star} |")
+        finals = [fmt(gap_at(chosen[m], last)) if m in chosen else "–" for m in METHODS]
+        table.append(
+            f"| {name} | " + " | ".join(finals) + f" | {'–' if star is None else f'{star:g}'} |"
+        )
     fig.suptitle(
         f"Figure 3 ({scale} scale)\nlogistic regression, lr = 1/L (Adam: 1e-3)", fontsize=10
     )
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "figure3.png", dpi=150)
     fig.savefig(out_dir / "figure3.pdf")
-    table[0] = table[0].format(steps=steps)
+    table += ["", "Other step sizes: stepsize.md, figure3_stepsize.png, figure3_best.png."]
     (out_dir / "table.md").write_text("\n".join(table) + "\n")
+
+
+def draw_stepsize(sets: dict[str, SetRuns], ts: list[int], out_dir: Path, scale: str) -> None:
+    """figure3_stepsize.png: the gap after the last two budgets against c, per data set."""
+    shown = ts[-2:]
+    budget_ls = dict(zip(shown, [":", "-"][-len(shown) :]))
+    fig = Figure(figsize=(4.2 * min(len(sets), 4), 3.6 * math.ceil(len(sets) / 4)))
+    fig.set_layout_engine("constrained")
+    cells, ncols = panel_grid(fig, len(sets))
+    for k, (name, s) in enumerate(sets.items()):
+        ax = fig.add_subplot(cells[k // ncols, k % ncols])
+        starts = [initial_gap(r) for r in [*s.am.values(), *(s.grid.get(BASE_C, {}).values())]]
+        ceiling = 3 * max([g for g in starts if math.isfinite(g)], default=1.0)
+        for t in shown:
+            per_method: dict[str, dict[float, Run]] = {
+                "AM-MGD": s.am,
+                "MGD β=0.9": {},
+                "MGD β*": {},
+            }
+            for c in s.scales():
+                chosen, _ = chosen_at(s, c, ts[-1])
+                for m in ("MGD β=0.9", "MGD β*"):
+                    if m in chosen:
+                        per_method[m][c] = chosen[m]
+            for m, points in per_method.items():
+                if points:
+                    style = {**STYLE[m], "ls": budget_ls[t]}
+                    draw_vs_c(ax, points, t, ceiling, label=f"{m}, t={t}", **style)
+            if s.adam is not None:
+                adam = gap_at(s.adam, t)
+                if math.isfinite(adam):
+                    ax.axhline(adam, color="tab:purple", ls=budget_ls[t], lw=0.8)
+        ax.axhline(ceiling, color="k", lw=0.5, alpha=0.4)
+        ax.set(yscale="log", title=name, xlabel="c (lr = c / L)", ylabel="f(x_t) − f*")
+        ax.legend(fontsize=6)
+    fig.suptitle(
+        f"Figure 3 across step sizes ({scale} scale): f − f* after t iterations vs c "
+        f"(t = {', '.join(map(str, shown))}: dotted, solid); x on the grey line: diverged; "
+        "purple: Adam (lr 1e-3)",
+        fontsize=9,
+    )
+    fig.savefig(out_dir / "figure3_stepsize.png", dpi=150)
+    fig.savefig(out_dir / "figure3_stepsize.pdf")
+
+
+def draw_best(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str) -> None:
+    """figure3_best.png: each method at its own best step size, per data set."""
+    fig = Figure(figsize=(4.2 * min(len(sets), 4), 3.6 * math.ceil(len(sets) / 4)))
+    fig.set_layout_engine("constrained")
+    cells, ncols = panel_grid(fig, len(sets))
+    for k, (name, s) in enumerate(sets.items()):
+        ax = fig.add_subplot(cells[k // ncols, k % ncols])
+        for label, run, method in best_runs(s, last):
+            it, gap = run.series("objective_gap")
+            ax.plot(it, gap, label=label, **STYLE[method])
+        ax.set(yscale="log", title=name, xlabel="iteration", ylabel="f − f*")
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        f"Figure 3, each method at its best step size c ({scale} scale; by f − f* after "
+        f"{last} iterations)",
+        fontsize=10,
+    )
+    fig.savefig(out_dir / "figure3_best.png", dpi=150)
+    fig.savefig(out_dir / "figure3_best.pdf")
+
+
+def best_runs(s: SetRuns, t: int) -> list[tuple[str, Run, str]]:
+    """(label, run, method) of each method at its best step size (by the gap at t)."""
+    out = []
+    am = best_step(s.am, t)
+    if am is not None:
+        out.append((f"AM-MGD, c={am[0]:g}", am[1], "AM-MGD"))
+    fixed = {c: g[MGD_BETA] for c, g in s.grid.items() if MGD_BETA in g}
+    mgd = best_step(fixed, t)
+    if mgd is not None:
+        out.append((f"MGD β=0.9, c={mgd[0]:g}", mgd[1], "MGD β=0.9"))
+    star = best_of_grid(s, t)
+    if star is not None:
+        out.append((f"MGD β*={star[1]:g}, c={star[0]:g}", star[2], "MGD β*"))
+    if s.adam is not None:
+        out.append(("Adam", s.adam, "Adam"))
+    return out
+
+
+def stepsize_tables(sets: dict[str, SetRuns], ts: list[int], scale: str) -> list[str]:
+    """stepsize.md: gaps per data set, c and budget; best c per method; AM-MGD's wins per c."""
+    last = ts[-1]
+    lines = [
+        f"# Figure 3 across step sizes ({scale} scale): f(x_t) − f*, lr = c / L",
+        "",
+        f"MGD β* is the momentum of the grid with the lowest f − f* after {last} iterations at "
+        "that c. 'diverged': the gap is not finite or above the starting point's. Adam (lr 1e-3, "
+        "independent of L) is run once.",
+    ]
+    for t in ts:
+        lines += [
+            "",
+            f"## After {t} iterations",
+            "",
+            "| data set | c | AM-MGD | MGD β=0.9 | MGD β* | β* | Adam |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, s in sets.items():
+            for c in s.scales():
+                chosen, star = chosen_at(s, c, last)
+                row = [cell(chosen.get(m), t) for m in ("AM-MGD", "MGD β=0.9", "MGD β*")]
+                lines.append(
+                    f"| {name} | {c:g} | "
+                    + " | ".join(row)
+                    + f" | {'–' if star is None else f'{star:g}'} | {cell(s.adam, t)} |"
+                )
+
+    lines += [
+        "",
+        f"## Each method at its best step size (after {last} iterations)",
+        "",
+        "| data set | AM-MGD | MGD β=0.9 | MGD β* | AM-MGD ÷ best MGD | Adam |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in sets.items():
+        best = {method: (label, run) for label, run, method in best_runs(s, last)}
+        cells = [
+            f"{cell(best[m][1], last)} ({best[m][0].split(', ')[-1]})" if m in best else "–"
+            for m in ("AM-MGD", "MGD β=0.9", "MGD β*")
+        ]
+        ratio = "–"
+        if "AM-MGD" in best and "MGD β*" in best:
+            am, mgd = score(best["AM-MGD"][1], last), score(best["MGD β*"][1], last)
+            if math.isfinite(am) and math.isfinite(mgd) and mgd > 0:
+                ratio = f"{am / mgd:.2g}"
+        adam = cell(s.adam, last) if s.adam is not None else "–"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} | {adam} |")
+    lines += [
+        "",
+        "MGD β*'s best is over every c and momentum of the grid (its β in the label: "
+        "figure3_best.png).",
+        "",
+        "## Data sets where AM-MGD is ahead (lower f − f*), per c",
+        "",
+        "| c | " + " | ".join(f"vs MGD β=0.9, t={t} | vs MGD β*, t={t}" for t in ts) + " |",
+        "|---" * (2 * len(ts) + 1) + "|",
+    ]
+    scales = sorted({c for s in sets.values() for c in s.scales()})
+    for c in scales:
+        counts = []
+        for t in ts:
+            for other in ("MGD β=0.9", "MGD β*"):
+                wins = total = 0
+                for s in sets.values():
+                    chosen, _ = chosen_at(s, c, last)
+                    if "AM-MGD" in chosen and other in chosen:
+                        total += 1
+                        wins += score(chosen["AM-MGD"], t) < score(chosen[other], t)
+                counts.append(f"{wins} of {total}")
+        lines.append(f"| {c:g} | " + " | ".join(counts) + " |")
+    return lines

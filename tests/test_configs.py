@@ -3,6 +3,7 @@ every experiment runs at smoke scale; bad input gives Hydra's own errors."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from hydra.errors import (
     InstantiationException,
     MissingConfigException,
 )
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from suite_helpers import EXPERIMENTS, compose_config, run_amm, subprocess_env
 
@@ -21,6 +23,7 @@ from amm.config import CONFIG_DIR, SCALES, require_config_dir, run_dirname
 from amm.data.libsvm import DataNotFoundError
 from amm.optim import build_optimizer
 from amm.reproduce import available, expand_jobs, job_run_dirs, sweep_blocks
+from amm.tracking import read_jsonl
 from amm.trainer import train
 
 
@@ -180,3 +183,25 @@ def test_commands_without_the_configs_say_to_use_a_clone(tmp_path: Path) -> None
     require_config_dir()  # the repository's configs/
     with pytest.raises(SystemExit, match="clone of the amm repository"):
         require_config_dir(tmp_path)  # e.g. a wheel installed without the repository
+
+
+def test_lr_scale_multiplies_the_problems_step(tmp_path: Path) -> None:
+    """lr: auto with lr_scale: 2 is 2 x the problem's step (2/L), recorded in config and meta."""
+    base = ["trainer.max_steps=2", "trainer.progress=false", "logger=none"]
+    step = instantiate(compose_config(base).dataset).info["lr"]  # 1/L of breast_cancer
+    train(compose_config([*base, "optimizer.lr_scale=2"]), tmp_path / "run")
+    saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert saved.optimizer.lr == "auto" and saved.optimizer.lr_scale == 2
+    assert saved.optimizer.resolved_lr == pytest.approx(2 * step)
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["lr"] == pytest.approx(2 * step)
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(records) == 2 and all(r["lr"] == pytest.approx(2 * step) for r in records)
+
+
+def test_lr_scale_is_validated() -> None:
+    model = torch.nn.Linear(3, 1)
+    for bad in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="lr_scale=.*must be > 0"):
+            build_optimizer(model, "sgd", lr="auto", lr_scale=bad, info={"lr": 0.1})
+    with pytest.raises(ValueError, match="multiplies the problem's suggested step"):
+        build_optimizer(model, "adam", lr=1e-3, lr_scale=2.0)  # a number: set the lr itself

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,8 @@ from suite_helpers import subprocess_env
 
 from amm.provenance import git_state
 from amm.reproduce import main, override_value
-from experiments import load_runs
+from experiments import Run, load_runs
+from experiments._stepsize import cell, diverged, gap_at, score
 
 
 def reproduce(artifact: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -49,8 +52,9 @@ def test_figure1_smoke(tmp_path: Path) -> None:
     proc = reproduce("figure1", tmp_path)
     out_dir = tmp_path / "results" / "figure1" / "smoke"
     run_dirs = check_outputs(out_dir, "figure1", proc.stdout)
-    # 2 AM-MGD (exact, linear) + oracle + 3 fixed betas, each in its own directory
-    assert len(run_dirs) == 6 and all((d / "summary.json").exists() for d in run_dirs)
+    # (2 AM-MGD (exact, linear) + oracle + 3 fixed betas) x 2 step sizes (c = 1, 4), each in its
+    # own directory
+    assert len(run_dirs) == 12 and all((d / "summary.json").exists() for d in run_dirs)
     assert set(run_dirs) == {
         d.parent for d in (tmp_path / "runs" / "figure1" / "smoke").glob("*/summary.json")
     }
@@ -63,6 +67,11 @@ def test_figure1_smoke(tmp_path: Path) -> None:
         "best fixed",
     ):
         assert method in table
+    # the step-size axis: one row per c, every method's final gap (or why there is none)
+    stepsize = (out_dir / "stepsize.md").read_text()
+    rows = [line for line in stepsize.splitlines() if line.startswith(("| 1 |", "| 4 |"))]
+    assert len(rows) == 2 and all(len(r.strip("|").split("|")) == 7 for r in rows)
+    assert (out_dir / "figure1_stepsize.png").stat().st_size > 10_000
 
     # Running the same command again trains nothing: every run is finished.
     before = {d: (d / "metrics.jsonl").stat().st_mtime_ns for d in run_dirs}
@@ -85,6 +94,13 @@ def test_figure3_smoke(tmp_path: Path) -> None:
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     # data set, AM-MGD, MGD 0.9, MGD beta*, Adam, beta*: all numbers, beta* from the grid
     assert all(float(c) >= 0 for c in cells[1:5]) and cells[5] in {"0.5", "0.9", "0.99"}
+    # across step sizes: per budget (30, 100) one row per c (1, 4); each method at its best c
+    stepsize = (out_dir / "stepsize.md").read_text()
+    rows = [r.split("|")[1:-1] for r in stepsize.splitlines() if r.startswith("| breast_cancer |")]
+    assert [r[1].strip() for r in rows[:4]] == ["1", "4", "1", "4"] and len(rows) == 5
+    assert re.fullmatch(r"\S+ \(c=(1|4)\)", rows[4][1].strip())  # AM-MGD at its best step
+    for name in ("figure3_stepsize.png", "figure3_best.png"):
+        assert (out_dir / name).stat().st_size > 10_000
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(
@@ -144,3 +160,20 @@ def test_a_run_without_a_method_label_says_what_to_do(tmp_path: Path) -> None:
         _ = run.method
     OmegaConf.save(OmegaConf.create({"method": "mgd"}), tmp_path / "config.yaml")
     assert load_runs([tmp_path])[0].method == "mgd"
+
+
+def test_stepsize_gaps_mark_divergence_and_missing_records() -> None:
+    """The step-size axis reads f(x_t) - f* from the records; a run that blows up or makes no
+    progress is 'diverged' (never the best), a budget past the run's end is said so."""
+
+    def run(gaps: list[float]) -> Run:
+        records = [{"step": i + 1, "objective_gap": g} for i, g in enumerate(gaps)]
+        return Run(Path("run"), OmegaConf.create({"method": "mgd"}), records, {})
+
+    ok = run([1.0, 0.5, 0.1])  # the record of update t holds f(x_{t-1})
+    assert gap_at(ok, 2) == 0.1 and cell(ok, 2) == "1.00e-01" and score(ok, 2) == 0.1
+    assert not diverged(ok, 2) and cell(ok, 5) == "no record" and score(ok, 5) == math.inf
+    blown = run([1.0, 3.0, math.inf, math.nan])
+    assert diverged(blown, 1) and cell(blown, 1) == "diverged"  # above the start
+    assert gap_at(blown, 3) == math.inf and cell(blown, 3) == "diverged"
+    assert score(blown, 1) == math.inf

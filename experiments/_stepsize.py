@@ -1,0 +1,92 @@
+"""The step-size axis of the convex artifacts (figure1, figure3): runs at lr = c / L, with
+c = ``optimizer.lr_scale``; the objective gap at fixed budgets; divergence marked, not hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+from matplotlib.axes import Axes
+
+from experiments import Run
+
+
+def lr_scale(run: Run) -> float:
+    """c of a run: its lr is c x the problem's suggested step (runs made before the key existed
+    used the step itself, c = 1)."""
+    return float(run.cfg.optimizer.get("lr_scale", 1.0))
+
+
+def budgets(runs: Iterable[Run]) -> list[int]:
+    """The iterations of the summary (``budgets`` in the experiment config, in every run)."""
+    found = {tuple(int(b) for b in r.cfg.budgets) for r in runs if r.cfg.get("budgets")}
+    if len(found) != 1:
+        raise ValueError(
+            f"the runs give {len(found)} different `budgets` lists ({sorted(found)}); the "
+            "experiment config sets one (e.g. budgets: [100, 300, 1000])"
+        )
+    return list(found.pop())
+
+
+def gap_at(run: Run, t: int) -> float:
+    """f(x_t) - f* from the run's records; inf once the loss is not finite (diverged) at or
+    before t; NaN when the run has no record of iteration t (stopped earlier, or too short)."""
+    it, gap = run.series("objective_gap")
+    upto = gap[it <= t]
+    if len(upto) and not np.all(np.isfinite(upto)):
+        return math.inf
+    hit = np.flatnonzero(it == t)
+    return float(gap[hit[0]]) if len(hit) else math.nan
+
+
+def initial_gap(run: Run) -> float:
+    return gap_at(run, 0)
+
+
+def diverged(run: Run, t: int) -> bool:
+    """At iteration t the gap is not finite or above where the run started (no progress)."""
+    g = gap_at(run, t)
+    return math.isinf(g) or g > initial_gap(run)
+
+
+def score(run: Run, t: int) -> float:
+    """For "best by gap at t": diverged (or missing) runs are never the best."""
+    g = gap_at(run, t)
+    return math.inf if math.isnan(g) or diverged(run, t) else g
+
+
+def cell(run: Run | None, t: int) -> str:
+    """A table cell: the gap at t, or why there is none."""
+    if run is None:
+        return "–"
+    g = gap_at(run, t)
+    if math.isnan(g):
+        return "no record"
+    if diverged(run, t):
+        return "diverged"
+    return f"{g:.2e}"
+
+
+FLOOR = 1e-16  # gaps at or below double rounding (even slightly negative) are drawn here
+
+
+def draw_vs_c(ax: Axes, points: dict[float, Run], t: int, ceiling: float, **style: object) -> None:
+    """The gap at t against c (log-log). A diverged point is an x at ``ceiling`` (the top of
+    the panel), joined to the line, so it stays in view; gaps below ``FLOOR`` sit on it."""
+    cs = sorted(points)
+    ys = [ceiling if diverged(points[c], t) else max(gap_at(points[c], t), FLOOR) for c in cs]
+    ax.plot(cs, ys, marker="o", ms=4, **style)  # type: ignore[arg-type]
+    bad = [(c, y) for c, y in zip(cs, ys) if diverged(points[c], t)]
+    if bad:
+        ax.scatter(
+            [c for c, _ in bad],
+            [y for _, y in bad],
+            marker="x",
+            s=70,
+            color=str(style.get("color", "k")),
+            zorder=3,
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(cs, [f"{c:g}" for c in cs])
