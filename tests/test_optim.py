@@ -596,3 +596,123 @@ def test_am_sgd_tracked_momentum_norm_stays_exact_over_many_steps():
         assert opt._momentum_sq_tracked(p)
         direct = state["momentum_buffer"].double().square().sum().item()
         assert state["momentum_sq"].item() == pytest.approx(direct, rel=1e-4)
+
+
+# ---------------------------------------------------------------- issue 12: corner cases
+
+
+def test_zero_previous_lr_gives_zero_plane_bias():
+    """docs/algorithm.md, section 2, by hand: f = x^2 / 2, x_0 = 1, lam = 0, rates 0.5, 0, 0.5.
+    Step 0: d = g = 1, x = 0.5. Step 1 (rate 0): nothing moves; beta_max reported, d = 0.95.
+    Step 2: the previous rate is 0, so b = 0 and beta = <g, g - d> / ||g - d||^2 < 0 -> 0
+    (with the current rate taken for the previous one, b = 0.5 * 0.5 * 0.95, beta = 0.9)."""
+    x = nn.Parameter(torch.ones(1, dtype=torch.float64))
+    opt = AMSGD([x], lr=0.5, lam=0.0, beta_max=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: [1.0, 0.0, 1.0, 1.0][k])
+    betas = []
+    for _ in range(3):
+        opt.zero_grad()
+        (x**2 / 2).sum().backward()
+        opt.step()
+        scheduler.step()
+        betas.append(None if opt.last_beta is None else opt.last_beta.item())
+    assert betas == [None, pytest.approx(0.9), 0.0]
+    assert x.item() == 0.25
+
+
+def test_global_beta_with_per_group_lam_maximises_the_dual():
+    """docs/algorithm.md, section 4: with lam_g per group, the global beta maximises
+    D(beta) = beta b - sum_g eta_g / (2 (1 + lam_g)) ||g_g + lam_g d_g + beta (d_g - g_g)||^2."""
+    a, c, x0 = _problem(torch.float64, seed=3)
+    params = [nn.Parameter(x.clone()) for x in x0]
+    lams, lrs = [0.05, 0.6], [0.3, 0.1]
+    opt = AMSGD(
+        [{"params": [params[0]], "lam": lams[0], "lr": lrs[0]},
+         {"params": [params[1]], "lam": lams[1], "lr": lrs[1]}],
+        beta_max=1.0,
+    )  # fmt: skip
+    checked = 0
+    for _ in range(6):
+        opt.zero_grad()
+        _loss(params, a, c).backward()
+        g = [p.grad.clone() for p in params]
+        d = [opt.state[p]["momentum_buffer"].clone() if opt.state[p] else None for p in params]
+        prev = [group["prev_lr"] for group in opt.param_groups]
+        opt.step()
+        if d[0] is None:
+            continue
+        b = sum(pl * torch.dot(gi.flatten(), di.flatten()) for pl, gi, di in zip(prev, g, d))
+        grid = torch.linspace(-2, 2, 400001, dtype=torch.float64)
+        dual = grid * b
+        for gi, di, lam, lr in zip(g, d, lams, lrs):
+            v = (gi + lam * di).flatten()[None, :] + grid[:, None] * (di - gi).flatten()[None, :]
+            dual = dual - lr / (2 * (1 + lam)) * v.square().sum(1)
+        best = grid[int(torch.argmax(dual))].clamp(0.0, 1.0)
+        assert opt.last_beta.item() == pytest.approx(best.item(), abs=2e-5)
+        checked += 0.0 < best.item() < 1.0  # an interior maximiser, not only a clip
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_momentum_reset_in_place_is_seen(foreach):
+    """User code resetting momentum (`state["momentum_buffer"].zero_()`) between steps: the
+    kept ||d||^2 must follow, so foreach and the single-tensor reference agree."""
+    runs = []
+    for fe in (foreach, not foreach):
+        a, c, x0 = _problem(torch.float64)
+        params = [nn.Parameter(x.clone()) for x in x0]
+        opt = AMSGD(params, lr=0.4, foreach=fe)
+        for t in range(6):
+            opt.zero_grad()
+            _loss(params, a, c).backward()
+            opt.step()
+            if t == 2:
+                for p in params:
+                    opt.state[p]["momentum_buffer"].zero_()
+        runs.append([p.detach() for p in params])
+        for p in params:  # the kept value is the buffer's, whatever happened to it
+            direct = opt.state[p]["momentum_buffer"].square().sum()
+            assert opt.state[p]["momentum_sq"].item() == pytest.approx(direct.item(), rel=1e-12)
+    for p, q in zip(*runs):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_exact_plane_bias_includes_coupled_weight_decay():
+    """AM-SGD's gradient is that of f + wd/2 ||x||^2, so the exact bias is that function's
+    decrease (the plain-Python reference models the same objective)."""
+    wd = 0.05
+    x, betas, _ = _run(
+        lambda p: AMSGD(p, lr=0.9, weight_decay=wd, plane_bias="exact"), 10, closure=True
+    )
+    x_ref, betas_ref = reference_am_sgd([0.9] * 10, lam=0.1, beta_max=0.9, wd=wd, exact=True)
+    assert betas[1:] == pytest.approx(betas_ref[1:], abs=1e-12)
+    assert _flat(x) == pytest.approx(x_ref, abs=1e-12)
+
+
+def test_nonfinite_error_names_a_few_parameters_and_the_count():
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(4)])  # 8 tensors
+    opt = AMSGD(model.named_parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("inf"))
+    with pytest.raises(NonFiniteGradientError, match="8 parameters, among them") as err:
+        opt.step()
+    assert str(err.value).count("(shape") == 3
+
+
+@pytest.mark.parametrize("cls", AM_OPTIMIZERS)
+def test_nan_lr_and_unsupported_flags_are_rejected(cls):
+    p = [nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ValueError, match="lr"):
+        cls(p, lr=float("nan"))
+    with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+        cls(p, lr=torch.tensor([0.1, 0.2]))
+    for flag in ("differentiable", "capturable"):
+        with pytest.raises(NotImplementedError, match=flag):
+            cls(p, **{flag: True})
+
+
+def test_am_adamw_defaults_are_torch_adamws():
+    p = [nn.Parameter(torch.zeros(2))]
+    ours, theirs = AMAdamW(p).defaults, torch.optim.AdamW(p).defaults
+    for key in ("lr", "betas", "eps", "weight_decay"):
+        assert ours[key] == theirs[key], key
