@@ -31,7 +31,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(TORCH)
-	$(PY) -m pip install -e '.[vision,llm,cluster,dev]'
+	$(PY) -m pip install -e '.[suite,vision,llm,cluster,dev]'
 	touch $@
 
 demo: $(STAMP)
