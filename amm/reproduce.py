@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, read_write
 
 from amm.config import CONFIG_DIR, SCALES, require_config_dir
 from amm.provenance import provenance
@@ -103,14 +104,34 @@ def run_git(run_dir: Path) -> Any:
 def job_run_dirs(overrides: list[str]) -> list[Path]:
     """Run directories of the jobs of one multirun, in launch order.
 
-    Composes each job's Hydra config, so the directories are exactly those Hydra will use
-    (``hydra.sweep.dir/subdir``).
+    The first job's Hydra config is composed; the others differ from it only in the values of
+    the overrides, so each one's ``hydra.sweep.dir/subdir`` is that config with its own
+    ``override_dirname``, computed as Hydra computes it (one composition per block instead of
+    one per job: a sweep of hundreds of jobs starts in a second). A block that sweeps a
+    ``hydra.*`` value composes every job.
     """
+    jobs = expand_jobs(overrides)
+    parser = OverridesParser.create()
+    if any(
+        o.is_hydra_override() and o.is_sweep_override() for o in parser.parse_overrides(overrides)
+    ):
+        return [composed_run_dir(job) for job in jobs]
+    cfg = compose("config", overrides=jobs[0], return_hydra_config=True)
+    naming = cfg.hydra.job.config.override_dirname
     dirs = []
-    for job in expand_jobs(overrides):
-        hydra_cfg = compose("config", overrides=job, return_hydra_config=True).hydra
-        dirs.append(Path(hydra_cfg.sweep.dir) / hydra_cfg.sweep.subdir)
+    for job in jobs:
+        app = [o for o in parser.parse_overrides(job) if not o.is_hydra_override()]
+        name = get_overrides_dirname(app, list(naming.exclude_keys), naming.item_sep, naming.kv_sep)
+        with read_write(cfg.hydra.job):
+            cfg.hydra.job.override_dirname = name
+        dirs.append(Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir)
     return dirs
+
+
+def composed_run_dir(job: list[str]) -> Path:
+    """The run directory of one job, from its fully composed Hydra config."""
+    hydra_cfg = compose("config", overrides=job, return_hydra_config=True).hydra
+    return Path(hydra_cfg.sweep.dir) / hydra_cfg.sweep.subdir
 
 
 def reproduce(

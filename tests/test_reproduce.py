@@ -10,11 +10,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 from suite_helpers import subprocess_env
 
+from amm.config import CONFIG_DIR
 from amm.provenance import git_state
-from amm.reproduce import main, override_value
+from amm.reproduce import (
+    composed_run_dir,
+    expand_jobs,
+    job_run_dirs,
+    main,
+    override_value,
+    sweep_blocks,
+)
 from experiments import Run, load_runs
 from experiments._stepsize import cell, diverged, gap_at, score
 
@@ -177,3 +186,16 @@ def test_stepsize_gaps_mark_divergence_and_missing_records() -> None:
     assert diverged(blown, 1) and cell(blown, 1) == "diverged"  # above the start
     assert gap_at(blown, 3) == math.inf and cell(blown, 3) == "diverged"
     assert score(blown, 1) == math.inf
+
+
+def test_run_dirs_are_those_hydra_composes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """job_run_dirs composes one job per block and names the others as Hydra does: the same
+    directories as composing every job (also with extra and hydra.* overrides)."""
+    monkeypatch.chdir(tmp_path)
+    extra = [[], ["trainer.seed=1", "hydra.sweep.dir=runs/elsewhere", "logger.mode=offline"]]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for artifact, more in [("figure3", extra[0]), ("figure1", extra[1])]:
+            for block in sweep_blocks(artifact, "smoke"):
+                job = [f"experiment={artifact}", "scale=smoke", *block, *more]
+                expected = [composed_run_dir(j) for j in expand_jobs(job)]
+                assert job_run_dirs(job) == expected and len(set(expected)) == len(expected)
