@@ -191,9 +191,9 @@ def draw_stepsize(sets: dict[str, SetRuns], ts: list[int], out_dir: Path, scale:
         ax.set(yscale="log", title=name, xlabel="c (lr = c / L)", ylabel="f(x_t) − f*")
         ax.legend(fontsize=6)
     fig.suptitle(
-        f"Figure 3 across step sizes ({scale} scale): f − f* after t iterations vs c "
-        f"(t = {', '.join(map(str, shown))}: dotted, solid); x on the grey line: diverged; "
-        "purple: Adam (lr 1e-3)",
+        f"Figure 3 across step sizes ({scale} scale): f − f* after t iterations vs c\n"
+        f"t = {', '.join(map(str, shown))}: dotted, solid; x on the grey line: diverged;\n"
+        "purple: Adam (lr 1e-3, once)",
         fontsize=9,
     )
     fig.savefig(out_dir / "figure3_stepsize.png", dpi=150)
@@ -213,7 +213,7 @@ def draw_best(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str) ->
         ax.set(yscale="log", title=name, xlabel="iteration", ylabel="f − f*")
         ax.legend(fontsize=7)
     fig.suptitle(
-        f"Figure 3, each method at its best step size c ({scale} scale; by f − f* after "
+        f"Figure 3, each method at its best step size c\n({scale} scale; by f − f* after "
         f"{last} iterations)",
         fontsize=10,
     )
