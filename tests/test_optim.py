@@ -425,6 +425,7 @@ def test_amp_grad_scaler(cls):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_torch_compile_step_matches_eager(cls):
     torch.manual_seed(0)

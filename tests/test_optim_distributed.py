@@ -16,6 +16,8 @@ from torch import nn
 from amm.optim import AMSGD, AMAdamW
 
 WORLD = 2
+# two processes per test (spawn, gloo): seconds each; `make test` runs them
+pytestmark = pytest.mark.slow
 
 
 def _init(rank: int, store: str) -> None:

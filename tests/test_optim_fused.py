@@ -59,11 +59,21 @@ VARIANTS = [
     dict(frozen_beta=0.8),
     dict(nonfinite="off", lam=0.2),
 ]
+# Triton's interpreter takes seconds per variant on the CPU: the inner loop checks the default
+# and the per-tensor scope, `make test` every variant
+FAST_VARIANTS = 2
+
+
+def _variants() -> list[object]:
+    return [
+        v if i < FAST_VARIANTS else pytest.param(v, marks=pytest.mark.slow)
+        for i, v in enumerate([VARIANTS[0], VARIANTS[2], VARIANTS[1], *VARIANTS[3:]])
+    ]
 
 
 @pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 @pytest.mark.parametrize(
-    "variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default"
+    "variant", _variants(), ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default"
 )
 def test_fused_equals_foreach(cls, variant):
     lrs = [0.02 * (0.8**t) for t in range(8)]  # a schedule: the eta_{t-1}/eta_t ratio
@@ -112,6 +122,7 @@ def test_fused_mixed_dtypes_and_low_precision(cls):
         assert err_fused <= 1.5 * err_foreach + slack, (k, err_fused, err_foreach)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_fused_is_deterministic_and_resumes_bit_identically(cls):
     def run(split=None):
@@ -160,6 +171,7 @@ def test_fused_nonfinite_gradient_raises_or_skips_leaving_state_untouched(cls):
         assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_fused_step_under_torch_compile_equals_eager(cls):
     """torch.compile(opt.step) runs the kernel launches eagerly (compiler.disable) and traces the
@@ -245,6 +257,7 @@ for w in caught:
 """
 
 
+@pytest.mark.slow
 def test_fused_on_cpu_without_the_interpreter_uses_foreach():
     """A config with fused=True runs on a CPU (e.g. smoke tests): the foreach step, one warning."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -257,6 +270,7 @@ def test_fused_on_cpu_without_the_interpreter_uses_foreach():
     assert len(lines) == 1 and "on cpu" in lines[0] and "foreach" in lines[0], done.stdout
 
 
+@pytest.mark.slow
 def test_fused_kernels_compile_for_hopper(tmp_path):
     """Triton's compiler (not its interpreter) lowers every kernel to PTX for sm_90, without a
     GPU; in a fresh process, since this one may have Triton in interpreter mode."""
