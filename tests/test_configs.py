@@ -85,15 +85,10 @@ def test_sweep_block_without_a_method_label_is_an_error(tmp_path: Path) -> None:
             sweep_blocks("nolabel", "smoke")
 
 
-# The convex problems train in about a second; the others take 15-40 s each (`make test-fast`
-# leaves them out, `make test` runs them).
-SLOW_SMOKE = {e for e in EXPERIMENTS if e not in {"figure1", "figure3"}}
-
-
-@pytest.mark.parametrize(
-    "experiment",
-    [pytest.param(e, marks=pytest.mark.slow) if e in SLOW_SMOKE else e for e in EXPERIMENTS],
-)
+# Each experiment's smoke sweep takes 5-40 s (the convex ones now sweep step sizes too):
+# `make test-fast` leaves them out, `make test` runs them.
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_at_smoke_scale(experiment: str, tmp_path: Path) -> None:
     """Each job of the smoke sweep trains to the end with a finite loss."""
     from hydra import initialize_config_dir
