@@ -29,7 +29,15 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from amm.optim._tensors import Beta, local, per_tensor, restart_mask, squared_norms, sum_dtype
+from amm.optim._tensors import (
+    Beta,
+    common_sum_dtype,
+    local,
+    per_tensor,
+    restart_mask,
+    squared_norms,
+    sum_dtype,
+)
 from amm.optim.beta import BETA_SCOPES, reduce_scope, unit_betas
 
 PLANE_BIASES = ("linear", "exact")
@@ -490,11 +498,14 @@ class AdaptiveMemoryOptimizer(Optimizer):
         if not self.coupled_decay or all(g["weight_decay"] == 0 for g in groups):
             return value
         decayed = [i for i, gid in enumerate(ts.group_ids) if groups[gid]["weight_decay"] != 0]
-        sq = squared_norms([ts.params[i] for i in decayed])
-        wd = per_tensor(
-            [groups[ts.group_ids[i]]["weight_decay"] for i in decayed], sq.device, sq.dtype
-        )
-        reg = (wd / 2 * sq).sum()
+        if decayed:
+            sq = squared_norms([ts.params[i] for i in decayed])
+            wd = per_tensor(
+                [groups[ts.group_ids[i]]["weight_decay"] for i in decayed], sq.device, sq.dtype
+            )
+            reg = (wd / 2 * sq).sum().to(common_sum_dtype(ts.params))
+        else:  # the decayed groups have no gradients here (another rank may have some)
+            reg = torch.zeros((), dtype=common_sum_dtype(ts.params), device=value.device)
         if ts.reduce_group is not None:  # shards: the norms are partial
             dist.all_reduce(reg, group=ts.reduce_group)
         return value.to(reg.dtype) + reg.to(value.device)
