@@ -282,6 +282,8 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     lines = []
     cosine = "cosine" in (old.get(SCHEDULE_KEY), new.get(SCHEDULE_KEY))
     for key in sorted(set(old) | set(new)):
+        if excluded(key):  # recorded before NON_RESULT_KEYS listed it
+            continue
         a, b = old.get(key, missing), new.get(key, missing)
         if key == "trainer.max_steps" and not cosine:
             continue

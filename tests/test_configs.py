@@ -200,3 +200,13 @@ def test_lr_scale_is_validated() -> None:
             build_optimizer(model, "sgd", lr="auto", lr_scale=bad, info={"lr": 0.1})
     with pytest.raises(ValueError, match="multiplies the problem's suggested step"):
         build_optimizer(model, "adam", lr=1e-3, lr_scale=2.0)  # a number: set the lr itself
+
+
+def test_editing_an_experiments_sweep_keeps_its_runs(tmp_path: Path) -> None:
+    """The sweep lists an experiment's runs; it is no part of one run's config: a run made
+    before the sweep was edited (a data set added, ...) resumes under the edited one."""
+    base = ["experiment=figure3", "scale=smoke", "method=am_mgd", "trainer.progress=false"]
+    train(compose_config([*base, "trainer.max_steps=3"]), tmp_path / "run")
+    (tmp_path / "run" / "summary.json").unlink()  # as if stopped after step 3
+    edited = compose_config([*base, "trainer.max_steps=5", "sweep.reduced=[]"])
+    assert train(edited, tmp_path / "run")["step"] == 5
