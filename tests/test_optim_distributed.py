@@ -56,12 +56,21 @@ def _problem():
     return full, coeffs
 
 
-def _train(params, coeffs, opt, steps):
+def _train(params, coeffs, opt, steps, sharded=False):
+    """`opt.step(closure)`; the closure's loss is the global one (summed over the shards)."""
     betas = []
-    for _ in range(steps):
+
+    def closure():
         opt.zero_grad()
-        _elementwise_loss(params, coeffs).backward()
-        opt.step()
+        loss = _elementwise_loss(params, coeffs)
+        loss.backward()
+        loss = loss.detach().clone()
+        if sharded:
+            dist.all_reduce(loss)
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
         betas.append(opt.last_beta.clone() if opt.last_beta is not None else None)
     return betas
 
@@ -70,6 +79,8 @@ def _sharded_worker(rank: int, store: str, cls_name: str, scope: str, fused: boo
     _init(rank, store)
     cls = {"AMSGD": AMSGD, "AMAdamW": AMAdamW}[cls_name]
     kwargs = dict(lr=0.3, beta_scope=scope, fused=fused)
+    if scope == "exact":  # the exact bias with coupled decay: the norms are all-reduced
+        kwargs = dict(lr=0.3, plane_bias="exact", weight_decay=0.05, fused=fused)
     full, coeffs = _problem()
     tol = 1e-10
     if fused:  # fp32 only (Triton), and the shards' partial sums add up in another order
@@ -83,7 +94,7 @@ def _sharded_worker(rank: int, store: str, cls_name: str, scope: str, fused: boo
     shards = [nn.Parameter(t.chunk(WORLD)[rank].clone()) for t in full]
     shard_coeffs = [(a.chunk(WORLD)[rank], c.chunk(WORLD)[rank]) for a, c in coeffs]
     opt = cls(shards, process_group=dist.group.WORLD, **kwargs)
-    betas = _train(shards, shard_coeffs, opt, 12)
+    betas = _train(shards, shard_coeffs, opt, 12, sharded=True)
     for b, rb in zip(betas[1:], ref_betas[1:]):
         torch.testing.assert_close(b, rb, rtol=0, atol=tol)
     assert len({round(float(b.flatten()[0]), 5) for b in betas[1:]}) > 2, "beta must vary"
@@ -118,7 +129,7 @@ def _ddp_worker(rank: int, store: str, cls_name: str) -> None:
     _finish()
 
 
-@pytest.mark.parametrize("scope", ["global", "per-tensor"])
+@pytest.mark.parametrize("scope", ["global", "per-tensor", "exact"])
 @pytest.mark.parametrize("cls_name", ["AMSGD", "AMAdamW"])
 def test_sharded_equals_unsharded(tmp_path, cls_name, scope):
     mp.spawn(_sharded_worker, args=(str(tmp_path / "store"), cls_name, scope, False), nprocs=WORLD)
