@@ -7,8 +7,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from amm.optim import OPTIMIZERS
-from amm.optim._base import AdaptiveMemoryOptimizer
+from amm.optim import OPTIMIZERS, AdaptiveMemoryOptimizer
 
 AM_OPTIMIZERS = [cls for cls in OPTIMIZERS.values() if issubclass(cls, AdaptiveMemoryOptimizer)]
 

@@ -4,7 +4,7 @@ from amm.optim import AMAdamW
 optimizer = AMAdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
 """
 
-from amm.optim._base import NonFiniteGradientError
+from amm.optim._base import AdaptiveMemoryOptimizer, NonFiniteGradientError
 from amm.optim.am_adamw import AMAdamW
 from amm.optim.am_sgd import AMSGD
 from amm.optim.beta import adaptive_beta
@@ -15,6 +15,7 @@ AMMGD = AMSGD  # the paper's name
 
 __all__ = [
     "AMAdamW",
+    "AdaptiveMemoryOptimizer",
     "AMMGD",
     "AMSGD",
     "OPTIMIZERS",
