@@ -69,14 +69,17 @@ def cell(run: Run | None, t: int) -> str:
     return f"{g:.2e}"
 
 
-FLOOR = 1e-16  # gaps at or below double rounding (even slightly negative) are drawn here
+# A logistic loss evaluated at f* rounds to f* +- 1e-16, so its gap can be 0 or slightly
+# negative; those points are drawn here instead of vanishing from the log axis.
+FLOOR = 1e-17
 
 
 def draw_vs_c(ax: Axes, points: dict[float, Run], t: int, ceiling: float, **style: object) -> None:
     """The gap at t against c (log-log). A diverged point is an x at ``ceiling`` (the top of
-    the panel), joined to the line, so it stays in view; gaps below ``FLOOR`` sit on it."""
+    the panel), joined to the line, so it stays in view; a gap <= 0 sits on ``FLOOR``."""
     cs = sorted(points)
-    ys = [ceiling if diverged(points[c], t) else max(gap_at(points[c], t), FLOOR) for c in cs]
+    gaps = {c: gap_at(points[c], t) for c in cs}
+    ys = [ceiling if diverged(points[c], t) else (gaps[c] if gaps[c] > 0 else FLOOR) for c in cs]
     ax.plot(cs, ys, marker="o", ms=4, **style)  # type: ignore[arg-type]
     bad = [(c, y) for c, y in zip(cs, ys) if diverged(points[c], t)]
     if bad:
