@@ -101,16 +101,17 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
     with ExitStack() as cleanup:
         # ---- the run directory: lock, log, fingerprint (rank 0); finished already? -------
         is_main = global_rank() == 0
-        if is_main:
-            finished = open_run_dir(cfg, run_dir, cleanup)
-            if finished is not None:
-                return finished
-        elif (run_dir / SUMMARY).exists():
-            return json.loads((run_dir / SUMMARY).read_text())
+        finished = open_run_dir(cfg, run_dir, cleanup) if is_main else None
 
         # ---- distributed setup, seeds ----------------------------------------------------
         rank, world_size, device = setup_distributed(tcfg.device)
         cleanup.callback(teardown_distributed)
+        if world_size > 1:  # rank 0 alone looked at the run directory: its verdict for all
+            verdict = [finished]
+            dist.broadcast_object_list(verdict, src=0)
+            finished = verdict[0]
+        if finished is not None:
+            return finished
         seed_everything(int(tcfg.seed))
         if tcfg.num_threads:
             torch.set_num_threads(int(tcfg.num_threads))
@@ -119,6 +120,8 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
         data: DataModule = instantiate(cfg.dataset)
         if is_main:
             check_data(cfg, run_dir, data)
+        if world_size > 1:
+            dist.barrier()  # no rank reads the checkpoint before rank 0 has checked the data
         info = data.info
         fstar = info.get("fstar")
         dtype = getattr(torch, tcfg.dtype) if tcfg.dtype else None

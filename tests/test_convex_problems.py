@@ -229,7 +229,9 @@ def hvp_quadratic_forms(model: LinearClassifier, batch: dict, directions: torch.
     return out
 
 
-@pytest.mark.parametrize("name", ["heart_scale", "german.numer_scale", "dna.scale"])
+@pytest.mark.parametrize(
+    "name", ["heart_scale", "german.numer_scale", pytest.param("dna.scale", marks=pytest.mark.slow)]
+)
 def test_smoothness_bound_holds(name: str, problem_kwargs: dict[str, object]) -> None:
     problem = LogisticRegressionProblem(name, compute_fstar=False, **problem_kwargs)
     L = problem.info["smoothness"]

@@ -113,6 +113,7 @@ def test_model_checks_vocab_and_sequence_length() -> None:
             LlamaLM({"vocab_size": 100, "seq_len": 2048}, 64, 172, 2, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["llama_20m", "llama_60m"])
 def test_small_models_train_on_cpu(name: str, c4_files: dict[str, str]) -> None:
     """Forward is the next-token loss (about ln V at init); AM-AdamW steps lower it."""
@@ -279,6 +280,7 @@ def data_dir_env(
     return shared_data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulate", [1, 3])
 def test_run_stopped_by_max_steps_then_extended_matches_uninterrupted(
     tmp_path: Path, data_dir_env: Path, accumulate: int
@@ -307,6 +309,7 @@ AM_SGD_RUN = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", [RUN, AM_SGD_RUN], ids=["am_adamw", "am_sgd"])
 def test_accumulated_micro_batches_equal_one_large_batch(
     tmp_path: Path, data_dir_env: Path, run: list[str]
@@ -338,6 +341,7 @@ def reproduce(artifact: str, cwd: Path, shared_data: Path, *extra: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_figure5_then_table_llm_and_table2_from_its_runs(
     tmp_path: Path, c4_files: dict[str, str], shared_data: Path
 ) -> None:
@@ -385,6 +389,7 @@ def test_figure5_then_table_llm_and_table2_from_its_runs(
         assert low <= float(r[4]) <= high
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("artifact", ["table5", "table6"])
 def test_table5_and_table6_from_their_smoke_jobs(
     artifact: str, tmp_path: Path, data_dir_env: Path

@@ -56,6 +56,7 @@ def run(tmp: Path, *overrides: str, steps: int = 8) -> dict[str, object]:
 # ---- the lock -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_process_in_a_running_run_dir_is_refused(tmp_path: Path) -> None:
     """Two `amm.run` processes in one run directory: the second is refused with a message
     naming the first (its pid); the first is not disturbed and finishes its checkpoint."""
@@ -296,6 +297,20 @@ def test_read_only_run_dir(tmp_path: Path, read_only: list[Path]) -> None:
         run(stopped)
 
 
+def test_unwritable_checkpoint_names_the_file(tmp_path: Path, read_only: list[Path]) -> None:
+    """A checkpoint that cannot be written (full disk, read-only folder) is an error naming the
+    file and what to do; the checkpoint before it is left intact."""
+    run_dir = tmp_path / "run"
+    run(run_dir, "trainer.checkpoint_every=4", steps=4)
+    (run_dir / "summary.json").unlink()
+    _make_read_only(run_dir / "checkpoints", read_only)
+    with pytest.raises(CheckpointError) as err:
+        run(run_dir, "trainer.checkpoint_every=4")
+    assert f"cannot write the checkpoint {run_dir / LAST}" in str(err.value)
+    assert "re-run the same command" in str(err.value)
+    assert torch.load(run_dir / LAST, weights_only=False)["step"] == 4
+
+
 # ---- config validation ---------------------------------------------------------------------
 
 INVALID = [
@@ -350,6 +365,7 @@ def test_every_trainer_key_is_validated() -> None:
         validate(compose_config([f"experiment={experiment}"]))
 
 
+@pytest.mark.slow
 def test_invalid_value_fails_before_any_work_with_a_short_message(tmp_path: Path) -> None:
     proc = run_amm(
         "trainer.max_steps=0",
@@ -393,6 +409,7 @@ def test_nonfinite_skip_counts_logs_and_stops(tmp_path: Path) -> None:
     assert log.count("non-finite gradient, update skipped") == 3
 
 
+@pytest.mark.slow
 def test_start_and_end_lines(tmp_path: Path) -> None:
     env = subprocess_env(tmp_path)
     args = [*SMALL, "trainer.max_steps=4", "hydra.run.dir=r"]
@@ -433,6 +450,7 @@ def test_reproduce_finishes_the_other_runs_and_names_the_failed_one(tmp_path: Pa
     assert not (tmp_path / "out").exists()  # no half artifact
 
 
+@pytest.mark.slow
 def test_reproduce_override_typo_is_a_short_message(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "amm.reproduce", "figure1", "--scale", "smoke", "--dry-run"]
     proc = subprocess.run(

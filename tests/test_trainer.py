@@ -156,6 +156,7 @@ def _wait_until(condition: object, proc: subprocess.Popen[str], timeout: float =
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
     tmp_path: Path, quadratic_reference: Path
 ) -> None:
@@ -174,6 +175,7 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
     assert torch.equal(final[0]["model"]["x"], final[1]["model"]["x"])
 
 
+@pytest.mark.slow
 def test_hard_kill_resume_drops_records_after_the_checkpoint(
     tmp_path: Path, quadratic_reference: Path
 ) -> None:
@@ -195,6 +197,7 @@ def test_hard_kill_resume_drops_records_after_the_checkpoint(
     assert metrics(run_dir) == metrics(quadratic_reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_torchrun_two_processes_equal_one(tmp_path: Path, accumulate: int) -> None:
     """DDP on 2 CPU processes (gloo; each rank gets half the rows) matches one process. The
@@ -230,6 +233,7 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path, accumulate: int) -> No
     assert json.loads((tmp_path / "ddp" / "meta.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_lives_in_the_run_directory(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     env = subprocess_env(tmp_path, WANDB_MODE="offline")
@@ -266,6 +270,7 @@ def test_wandb_failure_does_not_stop_the_run(
     assert any("W&B init failed" in str(w.message) for w in caught)
 
 
+@pytest.mark.slow
 def test_missing_libsvm_file_offline_surfaces_the_data_error(tmp_path: Path) -> None:
     empty = tmp_path / "no-data"
     proc = run_amm(

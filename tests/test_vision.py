@@ -84,7 +84,14 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# the large ones (over 20 M parameters) are slow on a CPU
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=[pytest.mark.slow] if MODELS[n][2] > 20e6 else [])
+        for n in sorted(MODELS)
+    ],
+)
 def test_model_config_builds_and_trains_one_step(name: str) -> None:
     shape, classes, n_params = MODELS[name]
     cfg = compose_config([f"model={name}"])
@@ -288,6 +295,7 @@ def test_missing_imagenet_says_what_to_do(tmp_path: Path) -> None:
 # ---- trainer: exact resume with augmentation ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_matches_the_uninterrupted_run(tmp_path: Path) -> None:
     """Stop after step 6 (inside epoch 2 of 5-step epochs), resume to 10: same records."""
     overrides = [
@@ -327,6 +335,7 @@ def reproduce(artifact: str, tmp_path: Path) -> Path:
     return out_dir
 
 
+@pytest.mark.slow
 def test_figure4_smoke(tmp_path: Path) -> None:
     out_dir = reproduce("figure4", tmp_path)
     table = (out_dir / "table.md").read_text()
@@ -343,6 +352,7 @@ def test_figure4_smoke(tmp_path: Path) -> None:
     assert cfg.dataset.stand_in and cfg.trainer.scheduler.name == "step"
 
 
+@pytest.mark.slow
 def test_figure7_smoke(tmp_path: Path) -> None:
     out_dir = reproduce("figure7", tmp_path)
     assert (out_dir / "figure7c_curves.png").stat().st_size > 10_000
@@ -358,6 +368,7 @@ def test_figure7_smoke(tmp_path: Path) -> None:
     assert values == ["0.1", "1"]
 
 
+@pytest.mark.slow
 def test_figure_imagenet_smoke_artifact(tmp_path: Path) -> None:
     """The smoke jobs in-process (reproduce's subprocess path is tested by the two above)."""
     base = ["experiment=figure_imagenet", "scale=smoke", "trainer.progress=false"]

@@ -4,8 +4,8 @@ Files are parsed with :func:`sklearn.datasets.load_svmlight_file`; this module o
 *where* each file lives, *where* to fetch it from, and how to map its labels.
 
 Layout: ``<data_dir>/libsvm/<name>/<file>`` with ``data_dir`` taken from the argument, else
-``amm.paths.data_dir()`` (``$AMM_DATA_DIR``, else ``~/.cache/amm``). This is the layout of the shared
-data folder, so ``AMM_DATA_DIR=/path/to/shared/data`` works without copying anything.
+``amm.paths.data_dir()`` (``$AMM_DATA_DIR``, ...; see ``amm/paths.py``). This is the layout of
+the shared data folder, so ``AMM_DATA_DIR=/path/to/shared/data`` works without copying anything.
 A missing file is downloaded once (unless ``AMM_OFFLINE=1``); when that is impossible a
 :class:`DataNotFoundError` says which file was expected where and where to get it.
 
