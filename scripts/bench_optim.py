@@ -141,6 +141,36 @@ def machine(device: torch.device) -> str:
     return f"{platform.node()} {cpu}, {torch.get_num_threads()} threads"
 
 
+def run_meta(device: torch.device, **extra: object) -> dict[str, object]:
+    """What a benchmark record says about its run: command, git SHA, date, machine, torch."""
+    return dict(
+        command=" ".join([Path(sys.executable).name] + sys.argv),
+        git_sha=git_sha(),
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        machine=machine(device),
+        device=str(device),
+        torch=torch.__version__,
+        **extra,
+    )
+
+
+def write_report(
+    stem: Path, title: str, lines: list[str], note: str, meta: dict, rows: list[dict]
+) -> None:
+    """<stem>.md (title, the table `lines`, a note, the run's meta) and <stem>.json (meta and
+    rows); prints the table."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(
+        f"# {title}\n\n"
+        + "\n".join(lines)
+        + f"\n\n{note}\n\n"
+        + "\n".join(f"- {k}: `{v}`" for k, v in meta.items())
+        + "\n"
+    )
+    stem.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["10M", "100M"], choices=sorted(SIZES))
@@ -177,15 +207,7 @@ def main() -> None:
                 )
         del params
 
-    meta = dict(
-        command=" ".join([Path(sys.executable).name] + sys.argv),
-        git_sha=git_sha(),
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        machine=machine(device),
-        device=str(device),
-        torch=torch.__version__,
-        rounds=args.rounds,
-    )
+    meta = run_meta(device, rounds=args.rounds)
     lines = [
         "| size | parameters | optimizer | step (ms) | ratio to first row of its family "
         "| minimal passes | bandwidth limit (ms) | fraction of the limit |",
@@ -197,22 +219,20 @@ def main() -> None:
             for r in rows
         ),
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = device.type
-    (args.out / f"optim_step_{tag}.md").write_text(
-        f"# Optimizer step time (best of {args.rounds} interleaved rounds)\n\n"
-        + "\n".join(lines)
-        + "\n\nBandwidth limit: minimal passes x parameters x 4 bytes / the bandwidth of an "
+    note = (
+        "Bandwidth limit: minimal passes x parameters x 4 bytes / the bandwidth of an "
         "in-place a += b as large as the list (read + write; "
         + ", ".join(dict.fromkeys(f"{r['size']}: {r['copy_GBps']} GB/s" for r in rows))
-        + "). On a CPU, caches can make a row beat this limit. See scripts/bench_optim.py.\n\n"
-        + "\n".join(f"- {k}: `{v}`" for k, v in meta.items())
-        + "\n"
+        + "). On a CPU, caches can make a row beat this limit. See scripts/bench_optim.py."
     )
-    (args.out / f"optim_step_{tag}.json").write_text(
-        json.dumps(dict(meta=meta, rows=rows), indent=1)
+    write_report(
+        args.out / f"optim_step_{device.type}",
+        f"Optimizer step time (best of {args.rounds} interleaved rounds)",
+        lines,
+        note,
+        meta,
+        rows,
     )
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

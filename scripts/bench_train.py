@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from bench_optim import git_sha, machine, sync
+from bench_optim import run_meta, sync, write_report
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -109,13 +106,8 @@ def main() -> None:
     device = torch.device(args.device)
     rows = [r for size in args.sizes for r in bench_size(size, args, device)]
 
-    meta = dict(
-        command=" ".join([Path(sys.executable).name] + sys.argv),
-        git_sha=git_sha(),
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        machine=machine(device),
-        device=str(device),
-        torch=torch.__version__,
+    meta = run_meta(
+        device,
         batch=f"{args.batch} x {args.seq} tokens",
         iterations_per_row=args.rounds * args.block,
     )
@@ -128,19 +120,14 @@ def main() -> None:
             for r in rows
         ),
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = device.type
-    (args.out / f"train_step_{tag}.md").write_text(
-        "# Table 2, end to end: LLaMA training iteration, AdamW vs AM-AdamW\n\n"
-        + "\n".join(lines)
-        + "\n\nMedian iteration of interleaved rounds (scripts/bench_train.py).\n\n"
-        + "\n".join(f"- {k}: `{v}`" for k, v in meta.items())
-        + "\n"
+    write_report(
+        args.out / f"train_step_{device.type}",
+        "Table 2, end to end: LLaMA training iteration, AdamW vs AM-AdamW",
+        lines,
+        "Median iteration of interleaved rounds (scripts/bench_train.py).",
+        meta,
+        rows,
     )
-    (args.out / f"train_step_{tag}.json").write_text(
-        json.dumps(dict(meta=meta, rows=rows), indent=1)
-    )
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
