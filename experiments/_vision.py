@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from experiments import Run
@@ -142,7 +144,9 @@ def draw_beta(ax: Axes, c: Curves, color: str = "tab:red", label: str | None = N
     ax.set(ylim=(-0.05, 1.0), ylabel="β_t")
 
 
-def draw_training(axes: Any, runs: list[Run], title: str) -> None:
+def draw_training(
+    axes: Any, runs: list[Run], title: str, accuracy_label: str = "test accuracy (%)"
+) -> None:
     """Train loss, test accuracy and AM-MGD's beta_t vs epoch (one row of Figure 4)."""
     ax_loss, ax_acc, ax_beta = axes
     for r in runs:
@@ -152,7 +156,7 @@ def draw_training(axes: Any, runs: list[Run], title: str) -> None:
         if m == "AM-MGD":
             draw_beta(ax_beta, c)
     ax_loss.set(yscale="log", ylabel="train loss", xlabel="epoch", title=title)
-    ax_acc.set(ylabel="test accuracy (%)", xlabel="epoch", title=title)
+    ax_acc.set(ylabel=accuracy_label, xlabel="epoch", title=title)
     ax_beta.set(xlabel="epoch", title="AM-MGD β_t")
     ax_loss.legend(fontsize=7)
     ax_acc.legend(fontsize=7)
@@ -168,3 +172,44 @@ def accuracy_table_rows(setting_name: str, runs: list[Run]) -> list[str]:
         loss = "diverged" if diverged(r) else f"{c.train_loss[-1]:.4f}"
         rows.append(f"| {setting_name} | {method(r)} | {final} | {best} | {loss} |")
     return rows
+
+
+def save_training_figure(
+    groups: dict[str, list[Run]],
+    out_dir: Path,
+    stem: str,
+    title: str,
+    accuracy_label: str = "test accuracy (%)",
+) -> None:
+    """One `draw_training` row per setting, saved as <stem>.png and <stem>.pdf."""
+    fig = Figure(figsize=(13, 3.2 * len(groups) + 0.6), layout="constrained")
+    axes = fig.subplots(len(groups), 3, squeeze=False)
+    for row, (name, group) in zip(axes, groups.items()):
+        draw_training(row, group, name, accuracy_label)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(out_dir / f"{stem}.png", dpi=130)
+    fig.savefig(out_dir / f"{stem}.pdf")
+
+
+def write_accuracy_table(
+    path: Path,
+    heading: str,
+    stand_in: bool,
+    notes: list[str],
+    accuracy_columns: str,
+    groups: dict[str, list[Run]],
+) -> None:
+    """The markdown table of `accuracy_table_rows` per setting, under a heading, the stand-in
+    banner (smoke runs) and `notes`; `accuracy_columns` names the final and best columns."""
+    table = [
+        f"# {heading}",
+        "",
+        *([f"**{STAND_IN_BANNER}**", ""] if stand_in else []),
+        *notes,
+        "",
+        f"| setting | method | {accuracy_columns} | final train loss |",
+        "|---|---|---|---|---|",
+    ]
+    for name, group in groups.items():
+        table += accuracy_table_rows(name, group)
+    path.write_text("\n".join(table) + "\n")

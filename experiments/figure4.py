@@ -15,13 +15,13 @@ from matplotlib.figure import Figure
 from experiments import load_runs
 from experiments._vision import (
     STAND_IN_BANNER,
-    accuracy_table_rows,
     any_stand_in,
     curves,
     draw_beta,
-    draw_training,
     group_by_setting,
     method,
+    save_training_figure,
+    write_accuracy_table,
 )
 
 
@@ -31,13 +31,12 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     banner = f"\n{STAND_IN_BANNER}" if any_stand_in(runs) else ""
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    fig = Figure(figsize=(13, 3.2 * len(groups) + 0.6), layout="constrained")
-    axes = fig.subplots(len(groups), 3, squeeze=False)
-    for row, (name, group) in zip(axes, groups.items()):
-        draw_training(row, group, name)
-    fig.suptitle(f"Figure 4 ({scale} scale): AM-MGD vs MGD (dampening 0.9){banner}", fontsize=10)
-    fig.savefig(out_dir / "figure4.png", dpi=130)
-    fig.savefig(out_dir / "figure4.pdf")
+    save_training_figure(
+        groups,
+        out_dir,
+        "figure4",
+        f"Figure 4 ({scale} scale): AM-MGD vs MGD (dampening 0.9){banner}",
+    )
 
     # Appendix: the behaviour of beta_t against the learning-rate schedule.
     fig = Figure(figsize=(6.5, 2.6 * len(groups) + 0.6), layout="constrained")
@@ -57,17 +56,16 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     fig.savefig(out_dir / "figure4_beta.png", dpi=130)
     fig.savefig(out_dir / "figure4_beta.pdf")
 
-    table = [
-        f"# Figure 4 ({scale} scale): AM-MGD vs MGD",
-        "",
-        *([f"**{STAND_IN_BANNER}**", ""] if banner else []),
+    notes = [
         "Accuracy (%) on the eval data (CIFAR: test set; MNIST: the held-out validation images)",
         "after the last step and the best over the per-epoch evaluations; train loss: mean of",
         "the last epoch's logged batch losses.",
-        "",
-        "| setting | method | final test acc | best test acc | final train loss |",
-        "|---|---|---|---|---|",
     ]
-    for name, group in groups.items():
-        table += accuracy_table_rows(name, group)
-    (out_dir / "table.md").write_text("\n".join(table) + "\n")
+    write_accuracy_table(
+        out_dir / "table.md",
+        f"Figure 4 ({scale} scale): AM-MGD vs MGD",
+        bool(banner),
+        notes,
+        "final test acc | best test acc",
+        groups,
+    )
