@@ -46,15 +46,21 @@ def initial_gap(run: Run) -> float:
 
 
 def diverged(run: Run, t: int) -> bool:
-    """At iteration t the gap is not finite or above where the run started (no progress)."""
+    """By iteration t the loss was not finite, or the gap at t is above the starting point's
+    and the run never came back below it (a transient overshoot is shown as its number)."""
     g = gap_at(run, t)
-    return math.isinf(g) or g > initial_gap(run)
+    if math.isinf(g):
+        return True
+    start = initial_gap(run)
+    _, gaps = run.series("objective_gap")
+    return g > start and not (len(gaps) > 0 and gaps[-1] <= start)
 
 
-def score(run: Run, t: int) -> float:
-    """For "best by gap at t": diverged (or missing) runs are never the best."""
+def score(run: Run, t: int, resolution: float = 0.0) -> float:
+    """For "best by gap at t": diverged (or missing) runs are never the best; gaps below
+    ``resolution`` (what the problem's f* can tell apart) are ties."""
     g = gap_at(run, t)
-    return math.inf if math.isnan(g) or diverged(run, t) else g
+    return math.inf if math.isnan(g) or diverged(run, t) else max(g, resolution)
 
 
 def cell(run: Run | None, t: int) -> str:

@@ -158,7 +158,7 @@ def draw_stepsize(runs: list[Run], out_dir: Path, scale: str) -> None:
         f"# Figure 1 across step sizes ({scale} scale): f − f* after {t} iterations, lr = c / L",
         "",
         "MGD β*: the fixed beta of the grid with the lowest final gap at that c. 'diverged': "
-        "the gap is not finite or above the starting point's.",
+        "the loss was not finite, or the gap is above the starting point's and never came back.",
         "",
         "| c | " + " | ".join(names) + " | β* |",
         "|---" * (len(names) + 2) + "|",

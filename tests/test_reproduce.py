@@ -186,6 +186,9 @@ def test_stepsize_gaps_mark_divergence_and_missing_records() -> None:
     assert diverged(blown, 1) and cell(blown, 1) == "diverged"  # above the start
     assert gap_at(blown, 3) == math.inf and cell(blown, 3) == "diverged"
     assert score(blown, 1) == math.inf
+    overshoot = run([1.0, 3.0, 0.5])  # above the start once, then below: not diverged
+    assert not diverged(overshoot, 1) and cell(overshoot, 1) == "3.00e+00"
+    assert score(run([1.0, 1e-16]), 1, resolution=1e-13) == 1e-13  # below what f* resolves
 
 
 def test_run_dirs_are_those_hydra_composes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
