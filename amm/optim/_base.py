@@ -22,7 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import torch
 import torch.distributed as dist
@@ -61,6 +61,21 @@ _RUNTIME_GROUP_KEYS = ("prev_lr", "prev_loss")
 _NAMES_SHOWN = 3
 
 Impl = Literal["single", "foreach", "fused"]
+
+
+class OptimizerOptions(TypedDict, total=False):
+    """The keyword options of the whole optimizer that every AM class takes (declared once
+    here, documented in `AMSGD`; the defaults are `AdaptiveMemoryOptimizer.__init__`'s)."""
+
+    beta_scope: str
+    plane_bias: str
+    nonfinite: str
+    foreach: bool | None
+    fused: bool | None
+    maximize: bool
+    differentiable: bool
+    capturable: bool
+    process_group: Any
 
 
 class NonFiniteGradientError(RuntimeError):
@@ -217,15 +232,15 @@ class AdaptiveMemoryOptimizer(Optimizer):
         params: Any,
         defaults: dict[str, Any],
         *,
-        beta_scope: str,
-        plane_bias: str,
-        nonfinite: str,
-        foreach: bool | None,
-        process_group: Any,
+        beta_scope: str = "global",
+        plane_bias: str = "linear",
+        nonfinite: str = "raise",
+        foreach: bool | None = None,
         fused: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        process_group: Any = None,
     ) -> None:
         name = type(self).__name__
         if differentiable:

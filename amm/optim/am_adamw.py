@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -29,6 +29,7 @@ from torch import Tensor
 from amm.optim._base import (
     AdaptiveMemoryOptimizer,
     Impl,
+    OptimizerOptions,
     StepServices,
     StepTensors,
     restarts,
@@ -45,6 +46,9 @@ from amm.optim._tensors import (
     sum_dtype,
 )
 from amm.optim.beta import gap_and_cross
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # ---- the sums of the beta formula ---------------------------------------------------------
 
@@ -345,15 +349,7 @@ class AMAdamW(AdaptiveMemoryOptimizer):
         beta_min: float = 0.0,
         restart_below: float | None = None,
         frozen_beta: float | None = None,
-        beta_scope: str = "global",
-        plane_bias: str = "linear",
-        nonfinite: str = "raise",
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        maximize: bool = False,
-        differentiable: bool = False,
-        capturable: bool = False,
-        process_group: Any = None,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         if len(betas) != 2:
             raise ValueError(f"AMAdamW: invalid betas={betas!r}: need (beta1, beta2)")
@@ -368,19 +364,7 @@ class AMAdamW(AdaptiveMemoryOptimizer):
             restart_below=restart_below,
             frozen_beta=frozen_beta,
         )
-        super().__init__(
-            params,
-            defaults,
-            beta_scope=beta_scope,
-            plane_bias=plane_bias,
-            nonfinite=nonfinite,
-            foreach=foreach,
-            process_group=process_group,
-            fused=fused,
-            maximize=maximize,
-            differentiable=differentiable,
-            capturable=capturable,
-        )
+        super().__init__(params, defaults, **options)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)

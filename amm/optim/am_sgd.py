@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -22,6 +22,7 @@ from torch import Tensor
 from amm.optim._base import (
     AdaptiveMemoryOptimizer,
     Impl,
+    OptimizerOptions,
     StepServices,
     StepTensors,
     restarts,
@@ -39,6 +40,9 @@ from amm.optim._tensors import (
     sum_dtype,
 )
 from amm.optim.beta import gap_and_cross
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # ---- the sums of the beta formula ---------------------------------------------------------
 
@@ -444,15 +448,7 @@ class AMSGD(AdaptiveMemoryOptimizer):
         restart_below: float | None = None,
         frozen_beta: float | None = None,
         weight_decay: float = 0.0,
-        beta_scope: str = "global",
-        plane_bias: str = "linear",
-        nonfinite: str = "raise",
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        maximize: bool = False,
-        differentiable: bool = False,
-        capturable: bool = False,
-        process_group: Any = None,
+        **options: Unpack[OptimizerOptions],
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -463,19 +459,7 @@ class AMSGD(AdaptiveMemoryOptimizer):
             frozen_beta=frozen_beta,
             weight_decay=weight_decay,
         )
-        super().__init__(
-            params,
-            defaults,
-            beta_scope=beta_scope,
-            plane_bias=plane_bias,
-            nonfinite=nonfinite,
-            foreach=foreach,
-            process_group=process_group,
-            fused=fused,
-            maximize=maximize,
-            differentiable=differentiable,
-            capturable=capturable,
-        )
+        super().__init__(params, defaults, **options)
 
     def _make_kernels(self) -> Any:
         from amm.optim.am_sgd_kernels import AMSGDKernels
