@@ -31,6 +31,7 @@ from torch.optim import Optimizer
 
 from amm.optim._tensors import (
     Beta,
+    closure_loss,
     common_sum_dtype,
     local,
     per_tensor,
@@ -467,10 +468,7 @@ class AdaptiveMemoryOptimizer(Optimizer):
     # ---- the step ----------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         if self.plane_bias == "exact" and loss is None:
             raise ValueError(
                 f"{type(self).__name__}(plane_bias='exact') needs the loss: call "

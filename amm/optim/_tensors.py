@@ -1,4 +1,4 @@
-"""Tensor helpers shared by the AM optimizers and their kernels (a leaf: imports only torch).
+"""Tensor helpers shared by the optimizers and their kernels (a leaf: imports only torch).
 
 Sums run in fp32, or fp64 for fp64 parameters; small host values reach accelerators without a
 host sync.
@@ -6,6 +6,7 @@ host sync.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,6 +15,15 @@ from torch import Tensor
 # A tensor's beta in a step: None (no history: the first step), a frozen float, or a 0-dim
 # device tensor (adaptive).
 Beta = Tensor | float | None
+
+
+def closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """The loss of `step(closure)`: the closure's value, computed with gradients enabled (the
+    step itself runs under no_grad), or None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def local(t: Tensor) -> Tensor:

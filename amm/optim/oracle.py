@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from amm.optim._tensors import closure_loss
+
 
 class OracleHeavyBall(Optimizer):
     """Heavy ball d_{t+1} = beta* d_t + (1 - beta*) g_t, x_{t+1} = x_t - lr d_{t+1}."""
@@ -44,10 +46,7 @@ class OracleHeavyBall(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         items = [
             (p, p.grad, group["lr"], self.state[p])
             for group in self.param_groups
