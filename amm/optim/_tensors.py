@@ -66,6 +66,13 @@ def small_tensor(values: list[Any], device: torch.device, dtype: torch.dtype) ->
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def rows_at(rows: Tensor, idx: list[int]) -> Tensor:
+    """The rows of `rows` at positions `idx`: `rows` itself when `idx` lists every row."""
+    if len(idx) == rows.shape[0]:
+        return rows
+    return rows.index_select(0, small_tensor(idx, rows.device, torch.long))
+
+
 def per_tensor(values: list[float], device: torch.device, dtype: torch.dtype) -> Tensor | float:
     """Per-tensor hyper-parameters: one float when they agree (the usual case), else a vector."""
     if all(v == values[0] for v in values):

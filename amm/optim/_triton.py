@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from amm.optim._tensors import small_tensor
+from amm.optim._tensors import rows_at, small_tensor
 
 try:
     import triton
@@ -220,6 +220,32 @@ class Launcher:
         ]
         return [table for table, _ in tables], all(aligned for _, aligned in tables)
 
+    def _launch(
+        self,
+        kernel: Any,
+        roles: dict[str, list[Tensor]],
+        launch: _Launch,
+        k: int,
+        hyper: Tensor,
+        out: Tensor,
+        **meta: Any,
+    ) -> None:
+        """One kernel launch over one dtype's tensors: pointer tables, block table, the rows
+        of `hyper`, then `out` (pass 1: its partial sums; pass 2: its weights)."""
+        tables, aligned = self._tables(roles, launch, k)
+        kernel[(launch.blocks,)](
+            *tables,
+            launch.numels,
+            launch.block_tensor,
+            launch.block_start,
+            _select(hyper, launch.members),
+            out,
+            DTYPE=launch.dtype,
+            BLOCK=BLOCK,
+            ALIGNED=aligned,
+            **meta,
+        )
+
     # torch.compile runs the launches eagerly (a graph break): Dynamo cannot trace the pointer
     # tables or Triton's launcher, and the kernels are already fused.
     @torch.compiler.disable
@@ -231,20 +257,7 @@ class Launcher:
         with _current_device(device):  # Triton launches on the current device
             for k, launch in enumerate(self._launches(first)):
                 partials = torch.empty(launch.blocks, NCOL, dtype=torch.float32, device=device)
-                tables, aligned = self._tables(roles, launch, k)
-                kernel[(launch.blocks,)](
-                    *tables,
-                    launch.numels,
-                    launch.block_tensor,
-                    launch.block_start,
-                    _select(hyper, launch.members, len(first)),
-                    partials,
-                    DTYPE=launch.dtype,
-                    BLOCK=BLOCK,
-                    NCOL=NCOL,
-                    ALIGNED=aligned,
-                    **meta,
-                )
+                self._launch(kernel, roles, launch, k, hyper, partials, NCOL=NCOL, **meta)
                 out = torch.empty(len(launch.members), NCOL, dtype=torch.float32, device=device)
                 _segment_sum_kernel[(len(launch.members),)](
                     partials, launch.block_offsets, out, NCOL=NCOL, RBLOCK=RBLOCK
@@ -267,19 +280,8 @@ class Launcher:
         first = next(iter(roles.values()))
         with _current_device(first[0].device):  # Triton launches on the current device
             for k, launch in enumerate(self._launches(first)):
-                tables, aligned = self._tables(roles, launch, k)
-                kernel[(launch.blocks,)](
-                    *tables,
-                    launch.numels,
-                    launch.block_tensor,
-                    launch.block_start,
-                    _select(hyper, launch.members, len(first)),
-                    _select(weights, launch.members, len(first)),
-                    DTYPE=launch.dtype,
-                    BLOCK=BLOCK,
-                    ALIGNED=aligned,
-                    **meta,
-                )
+                w = _select(weights, launch.members)
+                self._launch(kernel, roles, launch, k, hyper, w, **meta)
 
 
 def _current_device(device: torch.device) -> Any:
@@ -287,8 +289,6 @@ def _current_device(device: torch.device) -> Any:
     return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 
-def _select(values: Tensor, members: list[int], total: int) -> Tensor:
+def _select(values: Tensor, members: list[int]) -> Tensor:
     """The rows of `values` for one launch (all of it when the launch covers every tensor)."""
-    if len(members) == total:
-        return values.contiguous()
-    return values.index_select(0, small_tensor(members, values.device, torch.long)).contiguous()
+    return rows_at(values, members).contiguous()

@@ -42,6 +42,7 @@ from amm.optim._tensors import (
     dot,
     local,
     per_tensor,
+    rows_at,
     small_tensor,
     sum_dtype,
 )
@@ -249,9 +250,7 @@ def _fused_am_adamw(
 
     def sums(idx: list[int]) -> Tensor:
         """The rows of the other branches from pass 1's columns (scaled into the metric)."""
-        rows = raw
-        if len(idx) != len(ts.params):
-            rows = raw.index_select(0, small_tensor(idx, raw.device, torch.long))
+        rows = rows_at(raw, idx)
         scale = per_tensor([scales[i] for i in idx], rows.device, rows.dtype)
         lam = per_tensor([groups[ts.group_ids[i]]["lam"] for i in idx], rows.device, rows.dtype)
         g_sq, g_dot_d, d_sq = rows[:, 0] * scale, rows[:, 1] * scale, rows[:, 2] * scale

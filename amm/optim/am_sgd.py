@@ -35,6 +35,7 @@ from amm.optim._tensors import (
     dot,
     local,
     per_tensor,
+    rows_at,
     small_tensor,
     squared_norms,
     sum_dtype,
@@ -193,9 +194,7 @@ def _fused_am_sgd(
         return False
 
     def sums(idx: list[int]) -> Tensor:
-        rows = raw
-        if len(idx) != len(ts.params):
-            rows = raw.index_select(0, small_tensor(idx, raw.device, torch.long))
+        rows = rows_at(raw, idx)
         lam = per_tensor([groups[ts.group_ids[i]]["lam"] for i in idx], rows.device, rows.dtype)
         gap_sq, cross = gap_and_cross(rows[:, 0], rows[:, 1], rows[:, 2], lam)
         return torch.stack([cross, gap_sq, rows[:, 1], rows[:, 3]], dim=1)
