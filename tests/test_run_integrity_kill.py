@@ -65,6 +65,18 @@ def kill_after(run_dir: Path, records: int, tmp: Path) -> int:
     return 0
 
 
+def killed_during(run_dir: Path) -> str:
+    """What the kill interrupted, as far as the files show: a record cut in the middle, a
+    checkpoint being written (its temporary file), or neither."""
+    notes = []
+    path = run_dir / "metrics.jsonl"
+    if path.exists() and path.read_bytes()[-1:] not in (b"", b"\n"):
+        notes.append("mid-record")
+    if list((run_dir / "checkpoints").glob("*.tmp")):
+        notes.append("mid-checkpoint")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 @pytest.mark.slow
 def test_kill_9_at_many_points_resumes_bit_for_bit(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
@@ -77,12 +89,13 @@ def test_kill_9_at_many_points_resumes_bit_for_bit(tmp_path: Path) -> None:
     for point in range(POINTS):
         run_dir = tmp_path / f"run{point}"
         at = kill_after(run_dir, rng.randrange(1, 400), tmp_path)
+        where = killed_during(run_dir)
         run_amm(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path, env=subprocess_env(tmp_path))
         tried += 1
         same = metrics(run_dir) == expected and torch.equal(
             torch.load(run_dir / LAST, weights_only=False)["model"]["x"], final
         )
         exact += same
-        report.append(f"killed after {at} records: {'exact' if same else 'DIFFERENT'}")
+        report.append(f"killed after {at} records{where}: {'exact' if same else 'DIFFERENT'}")
     print(f"kill -9 points tried: {tried}, resumed exactly: {exact}\n" + "\n".join(report))
     assert exact == tried, report
