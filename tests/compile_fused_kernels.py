@@ -45,13 +45,11 @@ def main() -> None:
             reduce = dict(**block, WITH_DECAY=decay, NCOL=fused.NCOL)
             compile_kernel(adamw_k._am_adamw_sums_kernel, {**adamw, **sums}, reduce, aligned)
             compile_kernel(sgd_k._am_sgd_sums_kernel, {**sgd, **sums}, reduce, aligned)
+            with_decay = dict(**block, WITH_DECAY=decay)
+            compile_kernel(sgd_k._am_sgd_update_kernel, {**sgd, **update}, with_decay, aligned)
             compile_kernel(
-                sgd_k._am_sgd_update_kernel,
-                {**sgd, **update},
-                dict(**block, WITH_DECAY=decay),
-                aligned,
+                adamw_k._am_adamw_update_kernel, {**adamw, **update}, with_decay, aligned
             )
-        compile_kernel(adamw_k._am_adamw_update_kernel, {**adamw, **update}, block, aligned)
     compile_kernel(
         fused._segment_sum_kernel,
         dict(partials="*fp32", block_offsets="*i64", out="*fp32"),

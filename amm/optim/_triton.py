@@ -132,6 +132,18 @@ if triton is not None:
             tl.store(ptrs, value.to(DTYPE))
 
     @triton.jit
+    def _each_block(body: tl.constexpr, args, full, DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr,
+                    BLOCK: tl.constexpr, ALIGNED: tl.constexpr):  # fmt: skip
+        """`body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, MASKED)` on this program's block:
+        MASKED=False (vectorised) when the block lies wholly inside its tensor (`full`), True
+        for a tensor's last block. (The constexprs are passed one by one: in a tuple they would
+        become run-time values.)"""
+        if full:
+            body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, False)
+        else:
+            body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, True)
+
+    @triton.jit
     def _segment_sum_kernel(partials, block_offsets, out, NCOL: tl.constexpr, RBLOCK: tl.constexpr):
         """Row sums of each tensor's run of partials, always in the same order."""
         t = tl.program_id(0)
@@ -161,10 +173,14 @@ class _Launch:
 
 
 class Launcher:
-    """Launches an optimizer's fused passes (subclassed per optimizer); caches block tables (by shapes) and pointer tables (by
-    addresses: parameters and state do not move; gradients may, and are re-sent then)."""
+    """Launches an optimizer's two fused passes, `sums_kernel` (pass 1: each tensor's sums) and
+    `update_kernel` (pass 2), whose first arguments are the pointer tables of the step's tensor
+    lists, in the order the optimizer passes them. Caches block tables (by shapes) and pointer
+    tables (by addresses: parameters and state do not move; gradients may, and are re-sent
+    then)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sums_kernel: Any = None, update_kernel: Any = None) -> None:
+        self.sums_kernel, self.update_kernel = sums_kernel, update_kernel
         self._plans: dict[tuple, list[_Launch]] = {}
         self._pointers: dict[str, tuple[tuple[int, ...], Tensor, bool]] = {}
 
@@ -211,19 +227,19 @@ class Launcher:
         return cached[1], cached[2]
 
     def _tables(
-        self, roles: dict[str, list[Tensor]], launch: _Launch, k: int
+        self, tensors: list[list[Tensor]], launch: _Launch, k: int
     ) -> tuple[list[Tensor], bool]:
         """One launch's pointer tables (in the kernels' argument order) and ALIGNED."""
         tables = [
-            self._table(f"{role}{k}", [tensors[i] for i in launch.members])
-            for role, tensors in roles.items()
+            self._table(f"{i}.{k}", [role[j] for j in launch.members])
+            for i, role in enumerate(tensors)
         ]
         return [table for table, _ in tables], all(aligned for _, aligned in tables)
 
     def _launch(
         self,
         kernel: Any,
-        roles: dict[str, list[Tensor]],
+        tensors: list[list[Tensor]],
         launch: _Launch,
         k: int,
         hyper: Tensor,
@@ -232,7 +248,7 @@ class Launcher:
     ) -> None:
         """One kernel launch over one dtype's tensors: pointer tables, block table, the rows
         of `hyper`, then `out` (pass 1: its partial sums; pass 2: its weights)."""
-        tables, aligned = self._tables(roles, launch, k)
+        tables, aligned = self._tables(tensors, launch, k)
         kernel[(launch.blocks,)](
             *tables,
             launch.numels,
@@ -249,15 +265,25 @@ class Launcher:
     # torch.compile runs the launches eagerly (a graph break): Dynamo cannot trace the pointer
     # tables or Triton's launcher, and the kernels are already fused.
     @torch.compiler.disable
-    def _sums(self, kernel: Any, roles: dict[str, list[Tensor]], hyper: Tensor, **meta) -> Tensor:
-        """Run a sums kernel over all tensors: [tensors, NCOL] fp32 (columns as the kernel)."""
-        first = next(iter(roles.values()))
+    def sums(self, tensors: list[list[Tensor]], hyper: Tensor, with_decay: bool) -> Tensor:
+        """Pass 1 over all tensors: [tensors, NCOL] fp32 (columns as the kernel writes them).
+        `hyper`: one row per tensor; `with_decay`: some tensor has weight decay."""
+        first = tensors[0]
         device = first[0].device
         rows = torch.zeros(len(first), NCOL, dtype=torch.float32, device=device)
         with _current_device(device):  # Triton launches on the current device
             for k, launch in enumerate(self._launches(first)):
                 partials = torch.empty(launch.blocks, NCOL, dtype=torch.float32, device=device)
-                self._launch(kernel, roles, launch, k, hyper, partials, NCOL=NCOL, **meta)
+                self._launch(
+                    self.sums_kernel,
+                    tensors,
+                    launch,
+                    k,
+                    hyper,
+                    partials,
+                    NCOL=NCOL,
+                    WITH_DECAY=with_decay,
+                )
                 out = torch.empty(len(launch.members), NCOL, dtype=torch.float32, device=device)
                 _segment_sum_kernel[(len(launch.members),)](
                     partials, launch.block_offsets, out, NCOL=NCOL, RBLOCK=RBLOCK
@@ -269,19 +295,17 @@ class Launcher:
         return rows
 
     @torch.compiler.disable
-    def _update(
-        self,
-        kernel: Any,
-        roles: dict[str, list[Tensor]],
-        hyper: Tensor,
-        weights: Tensor,
-        **meta,
+    def update(
+        self, tensors: list[list[Tensor]], hyper: Tensor, weights: Tensor, with_decay: bool
     ) -> None:
-        first = next(iter(roles.values()))
+        """Pass 2 over all tensors, with each tensor's momentum weight `weights` (fp32)."""
+        first = tensors[0]
         with _current_device(first[0].device):  # Triton launches on the current device
             for k, launch in enumerate(self._launches(first)):
                 w = _select(weights, launch.members)
-                self._launch(kernel, roles, launch, k, hyper, w, **meta)
+                self._launch(
+                    self.update_kernel, tensors, launch, k, hyper, w, WITH_DECAY=with_decay
+                )
 
 
 def _current_device(device: torch.device) -> Any:

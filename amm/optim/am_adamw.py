@@ -243,7 +243,8 @@ def _fused_am_adamw(
     with_decay = any(groups[g]["weight_decay"] != 0 for g in ts.group_ids)
     moms = [local(st["momentum"]) for st in ts.states]
     second = [local(st["exp_avg_sq"]) for st in ts.states]
-    raw = services.kernels.sums(ts.params, ts.grads, moms, second, hyper_t, with_decay)
+    tensors = [ts.grads, moms, second, ts.params]  # the kernels' order (am_adamw_kernels)
+    raw = services.kernels.sums(tensors, hyper_t, with_decay)
     ts.grad_sq = raw[:, 4]
     if not services.grads_finite(ts):  # pass 1 only read: the state is untouched
         return False
@@ -258,7 +259,7 @@ def _fused_am_adamw(
         return torch.stack([cross, gap_sq, g_dot_d, rows[:, 3]], dim=1)
 
     w = _momentum_weights(ts, groups, services.betas(ts, sums))
-    services.kernels.update(ts.params, ts.grads, moms, second, hyper_t, w.to(torch.float32))
+    services.kernels.update(tensors, hyper_t, w.to(torch.float32), with_decay)
     return True
 
 
@@ -380,9 +381,9 @@ class AMAdamW(AdaptiveMemoryOptimizer):
     _sum_state_keys = ("bias_correction",)
 
     def _make_kernels(self) -> Any:
-        from amm.optim.am_adamw_kernels import AMAdamWKernels
+        from amm.optim.am_adamw_kernels import am_adamw_kernels
 
-        return AMAdamWKernels()
+        return am_adamw_kernels()
 
     def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0)

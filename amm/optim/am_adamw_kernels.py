@@ -6,33 +6,34 @@ instead of being stored in pass 1 (same traffic, and pass 1 stays read-only).
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from amm.optim._triton import Launcher, triton
 
 if triton is not None:
     import triton.language as tl
 
-    from amm.optim._triton import _block, _load, _store
+    from amm.optim._triton import _block, _each_block, _load, _store
 
     @triton.jit
-    def _adam_metric(g, v, mask, beta2, eps):
-        """The new second moment and 1 / (sqrt(v) + eps), IEEE-rounded like torch's ops."""
+    def _adam_block(g_tab, m_tab, v_tab, t, offs, mask, hyper, DTYPE: tl.constexpr,
+                    BLOCK: tl.constexpr, ALIGNED: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+        """What both passes start from: the block's g, m_hat, the new second moment v and
+        1 / (sqrt(v) + eps) (IEEE-rounded like torch's ops; 0 outside the tensor)."""
+        beta2, eps = tl.load(hyper + t * 4), tl.load(hyper + t * 4 + 1)
+        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        m = _load(m_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        v = _load(v_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         v = beta2 * v + (1.0 - beta2) * g * g
         inv = tl.div_rn(tl.zeros_like(v) + 1.0, tl.sqrt_rn(v) + eps)  # both operands blocks
-        return v, tl.where(mask, inv, 0.0)
+        return g, m, v, tl.where(mask, inv, 0.0)
 
     @triton.jit
     def _am_adamw_sums(
         g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, out,
         DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
-        MASKED: tl.constexpr, ALIGNED: tl.constexpr,
+        ALIGNED: tl.constexpr, MASKED: tl.constexpr,
     ):  # fmt: skip
-        beta2, eps = tl.load(hyper + t * 4), tl.load(hyper + t * 4 + 1)
-        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        m = _load(m_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        v = _load(v_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        v, inv = _adam_metric(g, v, mask, beta2, eps)
+        g, m, _, inv = _adam_block(g_tab, m_tab, v_tab, t, offs, mask, hyper, DTYPE, BLOCK,
+                                   ALIGNED, MASKED)  # fmt: skip
         u = g * inv
         tl.store(out, tl.sum(g * u, axis=0))  # ||g||_P^2 (unscaled)
         tl.store(out + 1, tl.sum(m * u, axis=0))  # <g, d>_P
@@ -51,27 +52,25 @@ if triton is not None:
         ALIGNED: tl.constexpr,
     ):  # fmt: skip
         pid, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
-        args = (g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, partials + pid * NCOL)
-        if full:
-            _am_adamw_sums(*args, DTYPE, WITH_DECAY, BLOCK, False, ALIGNED)
-        else:
-            _am_adamw_sums(*args, DTYPE, WITH_DECAY, BLOCK, True, ALIGNED)
+        out = partials + pid * NCOL
+        args = (g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, out)
+        _each_block(_am_adamw_sums, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED)
 
     @triton.jit
     def _am_adamw_update(
         g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, weights,
-        DTYPE: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+        ALIGNED: tl.constexpr, MASKED: tl.constexpr,
     ):  # fmt: skip
-        beta2, eps = tl.load(hyper + t * 4), tl.load(hyper + t * 4 + 1)
+        g, m, v, inv = _adam_block(g_tab, m_tab, v_tab, t, offs, mask, hyper, DTYPE, BLOCK,
+                                   ALIGNED, MASKED)  # fmt: skip
         decay, step = tl.load(hyper + t * 4 + 2), tl.load(hyper + t * 4 + 3)
         w = tl.load(weights + t)
-        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        m = _load(m_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        v = _load(v_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        v, inv = _adam_metric(g, v, mask, beta2, eps)
         m = m + w * (g - m)  # m_hat <- lerp(m_hat, g, w)
-        x = x * decay + step * m * inv
+        if WITH_DECAY:  # decoupled weight decay: decay = 1 - lr wd (1 for every tensor else)
+            x = x * decay
+        x = x + step * m * inv
         _store(v_tab, t, offs, mask, v, DTYPE, BLOCK, MASKED, ALIGNED)
         _store(m_tab, t, offs, mask, m, DTYPE, BLOCK, MASKED, ALIGNED)
         _store(x_tab, t, offs, mask, x, DTYPE, BLOCK, MASKED, ALIGNED)
@@ -79,44 +78,21 @@ if triton is not None:
     @triton.jit
     def _am_adamw_update_kernel(
         g_tab, m_tab, v_tab, x_tab, numels, block_tensor, block_start, hyper, weights,
-        DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+        ALIGNED: tl.constexpr,
     ):  # fmt: skip
         _, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
         args = (g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, weights)
-        if full:
-            _am_adamw_update(*args, DTYPE, BLOCK, False, ALIGNED)
-        else:
-            _am_adamw_update(*args, DTYPE, BLOCK, True, ALIGNED)
+        _each_block(_am_adamw_update, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED)
 
 
-class AMAdamWKernels(Launcher):
-    """The two passes of a fused AM-AdamW step."""
-
-    def sums(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        moms: list[Tensor],
-        second: list[Tensor],
-        hyper: Tensor,
-        with_decay: bool,
-    ) -> Tensor:
-        """hyper: [tensors, 4] fp32 (beta2, eps sqrt(1 - beta2^t), decay, step size).
-        Columns: ||g||_P^2, <g, d>_P, ||d||_P^2 (times sqrt(1 - beta2^t) gives the metric of
-        docs/algorithm.md), <g, x>, ||g||^2."""
-        roles = dict(g=grads, m=moms, v=second, x=params)
-        return self._sums(_am_adamw_sums_kernel, roles, hyper, WITH_DECAY=with_decay)
-
-    def update(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        moms: list[Tensor],
-        second: list[Tensor],
-        hyper: Tensor,
-        weights: Tensor,
-    ) -> None:
-        """v <- beta2 v + (1 - beta2) g^2; m_hat <- lerp(m_hat, g, w);
-        x <- decay x + step m_hat / (sqrt(v) + eps sqrt(1 - beta2^t))."""
-        roles = dict(g=grads, m=moms, v=second, x=params)
-        self._update(_am_adamw_update_kernel, roles, hyper, weights)
+def am_adamw_kernels() -> Launcher:
+    """The two passes of a fused AM-AdamW step, over the tensor lists [grads, m_hat, v, x], with
+    hyper [tensors, 4] fp32 (beta2, eps sqrt(1 - beta2^t), decay, step size). Pass 1's columns:
+    ||g||_P^2, <g, d>_P, ||d||_P^2 (times sqrt(1 - beta2^t) gives the metric of
+    docs/algorithm.md), <g, x>, ||g||^2. Pass 2: v <- beta2 v + (1 - beta2) g^2;
+    m_hat <- lerp(m_hat, g, w); x <- decay x + step m_hat / (sqrt(v) + eps sqrt(1 - beta2^t))
+    (without weight decay every decay is 1 and x is not multiplied)."""
+    if triton is None:  # the step falls back to foreach (_triton.unsupported_reason)
+        return Launcher()
+    return Launcher(_am_adamw_sums_kernel, _am_adamw_update_kernel)

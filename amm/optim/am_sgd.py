@@ -188,7 +188,8 @@ def _fused_am_sgd(
     hyper_t = small_tensor(hyper, device, torch.float32)
     with_decay = any(h[0] != 0 for h in hyper)
     bufs = [local(st["momentum_buffer"]) for st in ts.states]
-    raw = services.kernels.sums(ts.params, ts.grads, bufs, hyper_t, with_decay)
+    tensors = [ts.grads, bufs, ts.params]  # the kernels' order (am_sgd_kernels)
+    raw = services.kernels.sums(tensors, hyper_t, with_decay)
     ts.grad_sq = raw[:, 4]
     if not services.grads_finite(ts):  # pass 1 only read: the state is untouched
         return False
@@ -206,7 +207,7 @@ def _fused_am_sgd(
     if any(x is None for x in beta):
         first = small_tensor([x is None for x in beta], device, torch.bool)
         w = torch.where(first, torch.ones_like(w), w)
-    services.kernels.update(ts.params, ts.grads, bufs, hyper_t, w.contiguous(), with_decay)
+    services.kernels.update(tensors, hyper_t, w.contiguous(), with_decay)
     if not ts.sharded:  # pass 1 reads ||d||^2 anyway; kept for the other implementations
         w = w.to(raw.dtype)
         new_sq = (1 - w) ** 2 * raw[:, 2] + 2 * w * (1 - w) * raw[:, 1] + w**2 * raw[:, 0]
@@ -461,9 +462,9 @@ class AMSGD(AdaptiveMemoryOptimizer):
         super().__init__(params, defaults, **options)
 
     def _make_kernels(self) -> Any:
-        from amm.optim.am_sgd_kernels import AMSGDKernels
+        from amm.optim.am_sgd_kernels import am_sgd_kernels
 
-        return AMSGDKernels()
+        return am_sgd_kernels()
 
     def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0)

@@ -5,20 +5,18 @@ against SGD-momentum's 5.
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from amm.optim._triton import Launcher, triton
 
 if triton is not None:
     import triton.language as tl
 
-    from amm.optim._triton import _block, _load, _store
+    from amm.optim._triton import _block, _each_block, _load, _store
 
     @triton.jit
     def _am_sgd_sums(
         g_tab, d_tab, x_tab, t, offs, mask, hyper, out,
         DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
-        MASKED: tl.constexpr, ALIGNED: tl.constexpr,
+        ALIGNED: tl.constexpr, MASKED: tl.constexpr,
     ):  # fmt: skip
         g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         d = _load(d_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
@@ -38,17 +36,15 @@ if triton is not None:
         ALIGNED: tl.constexpr,
     ):  # fmt: skip
         pid, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
-        args = (g_tab, d_tab, x_tab, t, offs, mask, hyper, partials + pid * NCOL)
-        if full:
-            _am_sgd_sums(*args, DTYPE, WITH_DECAY, BLOCK, False, ALIGNED)
-        else:
-            _am_sgd_sums(*args, DTYPE, WITH_DECAY, BLOCK, True, ALIGNED)
+        out = partials + pid * NCOL
+        args = (g_tab, d_tab, x_tab, t, offs, mask, hyper, out)
+        _each_block(_am_sgd_sums, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED)
 
     @triton.jit
     def _am_sgd_update(
         g_tab, d_tab, x_tab, t, offs, mask, hyper, weights,
         DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
-        MASKED: tl.constexpr, ALIGNED: tl.constexpr,
+        ALIGNED: tl.constexpr, MASKED: tl.constexpr,
     ):  # fmt: skip
         neg_lr, w = tl.load(hyper + t * 2 + 1), tl.load(weights + t)
         g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
@@ -69,37 +65,14 @@ if triton is not None:
     ):  # fmt: skip
         _, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
         args = (g_tab, d_tab, x_tab, t, offs, mask, hyper, weights)
-        if full:
-            _am_sgd_update(*args, DTYPE, WITH_DECAY, BLOCK, False, ALIGNED)
-        else:
-            _am_sgd_update(*args, DTYPE, WITH_DECAY, BLOCK, True, ALIGNED)
+        _each_block(_am_sgd_update, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED)
 
 
-class AMSGDKernels(Launcher):
-    """The two passes of a fused AM-SGD step."""
-
-    def sums(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        bufs: list[Tensor],
-        hyper: Tensor,
-        with_decay: bool,
-    ) -> Tensor:
-        """hyper: [tensors, 2] fp32 (weight decay, -lr). Columns of the effective gradient
-        g = grad + wd x: ||g||^2, <g, d>, ||d||^2, 0, ||g||^2."""
-        roles = dict(g=grads, d=bufs, x=params)
-        return self._sums(_am_sgd_sums_kernel, roles, hyper, WITH_DECAY=with_decay)
-
-    def update(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        bufs: list[Tensor],
-        hyper: Tensor,
-        weights: Tensor,
-        with_decay: bool,
-    ) -> None:
-        """d <- lerp(d, grad + wd x, w); x <- x - lr d."""
-        roles = dict(g=grads, d=bufs, x=params)
-        self._update(_am_sgd_update_kernel, roles, hyper, weights, WITH_DECAY=with_decay)
+def am_sgd_kernels() -> Launcher:
+    """The two passes of a fused AM-SGD step, over the tensor lists [grads, d, x], with hyper
+    [tensors, 2] fp32 (weight decay, -lr). Pass 1's columns, of the effective gradient
+    g = grad + wd x: ||g||^2, <g, d>, ||d||^2, 0, ||g||^2. Pass 2: d <- lerp(d, g, w);
+    x <- x - lr d."""
+    if triton is None:  # the step falls back to foreach (_triton.unsupported_reason)
+        return Launcher()
+    return Launcher(_am_sgd_sums_kernel, _am_sgd_update_kernel)
