@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from experiments import Run
+from experiments import Run, load_runs
 
 STYLE: dict[str, dict[str, Any]] = {  # matplotlib line keywords per method name
     "AM-MGD": {"color": "tab:red", "lw": 1.6},
@@ -80,6 +80,14 @@ def group_by_setting(runs: list[Run]) -> dict[str, list[Run]]:
     for r in runs:
         groups[setting(r)].append(r)
     return dict(groups)
+
+
+def load_settings(run_dirs: list[Path]) -> tuple[dict[str, list[Run]], str]:
+    """The runs grouped by setting (sweep order), and what to append to titles: the stand-in
+    banner when any run trained on generated images (smoke), else ""."""
+    runs = load_runs(run_dirs)
+    banner = f"\n{STAND_IN_BANNER}" if any_stand_in(runs) else ""
+    return group_by_setting(runs), banner
 
 
 def diverged(run: Run) -> bool:

@@ -12,13 +12,10 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from experiments import load_runs
 from experiments._vision import (
-    STAND_IN_BANNER,
-    any_stand_in,
     curves,
     draw_beta,
-    group_by_setting,
+    load_settings,
     method,
     save_training_figure,
     write_accuracy_table,
@@ -26,9 +23,7 @@ from experiments._vision import (
 
 
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
-    runs = load_runs(run_dirs)
-    groups = group_by_setting(runs)
-    banner = f"\n{STAND_IN_BANNER}" if any_stand_in(runs) else ""
+    groups, banner = load_settings(run_dirs)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     save_training_figure(

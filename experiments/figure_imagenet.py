@@ -8,20 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from experiments import load_runs
 from experiments._vision import (
-    STAND_IN_BANNER,
-    any_stand_in,
-    group_by_setting,
+    load_settings,
     save_training_figure,
     write_accuracy_table,
 )
 
 
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
-    runs = load_runs(run_dirs)
-    groups = group_by_setting(runs)
-    banner = f"\n{STAND_IN_BANNER}" if any_stand_in(runs) else ""
+    groups, banner = load_settings(run_dirs)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     title = f"ImageNet, app. F.4 ({scale} scale): AM-MGD vs MGD"
