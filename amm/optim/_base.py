@@ -125,6 +125,16 @@ class StepServices:
     kernels: Any
     cache: dict[Any, Any]
 
+    def fused_sums(
+        self, ts: StepTensors, tensors: list[list[Tensor]], hyper: Tensor, with_decay: bool
+    ) -> Tensor | None:
+        """Pass 1 of a fused step: the kernels' per-tensor sums, whose column 4 (||grad||^2)
+        serves the non-finite check; None when that check skips the step (pass 1 only reads:
+        the state is untouched)."""
+        raw = self.kernels.sums(tensors, hyper, with_decay)
+        ts.grad_sq = raw[:, 4]
+        return raw if self.grads_finite(ts) else None
+
 
 # A functional core: one step of an optimizer's math on gathered tensors; False if skipped.
 StepFn = Callable[[StepTensors, list[dict[str, Any]], StepServices, Impl], bool]

@@ -244,9 +244,8 @@ def _fused_am_adamw(
     moms = [local(st["momentum"]) for st in ts.states]
     second = [local(st["exp_avg_sq"]) for st in ts.states]
     tensors = [ts.grads, moms, second, ts.params]  # the kernels' order (am_adamw_kernels)
-    raw = services.kernels.sums(tensors, hyper_t, with_decay)
-    ts.grad_sq = raw[:, 4]
-    if not services.grads_finite(ts):  # pass 1 only read: the state is untouched
+    raw = services.fused_sums(ts, tensors, hyper_t, with_decay)
+    if raw is None:  # the non-finite check skips the step
         return False
 
     def sums(idx: list[int]) -> Tensor:

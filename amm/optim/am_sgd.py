@@ -189,9 +189,8 @@ def _fused_am_sgd(
     with_decay = any(h[0] != 0 for h in hyper)
     bufs = [local(st["momentum_buffer"]) for st in ts.states]
     tensors = [ts.grads, bufs, ts.params]  # the kernels' order (am_sgd_kernels)
-    raw = services.kernels.sums(tensors, hyper_t, with_decay)
-    ts.grad_sq = raw[:, 4]
-    if not services.grads_finite(ts):  # pass 1 only read: the state is untouched
+    raw = services.fused_sums(ts, tensors, hyper_t, with_decay)
+    if raw is None:  # the non-finite check skips the step
         return False
 
     def sums(idx: list[int]) -> Tensor:
