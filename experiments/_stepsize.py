@@ -5,7 +5,6 @@ c = ``optimizer.lr_scale``; the objective gap at fixed budgets; divergence marke
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -19,15 +18,17 @@ def lr_scale(run: Run) -> float:
     return float(run.cfg.optimizer.get("lr_scale", 1.0))
 
 
-def budgets(runs: Iterable[Run]) -> list[int]:
-    """The iterations of the summary (``budgets`` in the experiment config, in every run)."""
+def budgets(runs: list[Run]) -> list[int]:
+    """The iterations of the summary: ``budgets`` of the experiment config (in every run), up
+    to the runs' last iterate, which is always one (``make demo`` runs longer than smoke's)."""
     found = {tuple(int(b) for b in r.cfg.budgets) for r in runs if r.cfg.get("budgets")}
     if len(found) != 1:
         raise ValueError(
             f"the runs give {len(found)} different `budgets` lists ({sorted(found)}); the "
             "experiment config sets one (e.g. budgets: [100, 300, 1000])"
         )
-    return list(found.pop())
+    last = min(int(r.cfg.trainer.max_steps) for r in runs) - 1  # record t+1 holds f(x_t)
+    return sorted({b for b in found.pop() if b < last} | {last})
 
 
 def gap_at(run: Run, t: int) -> float:

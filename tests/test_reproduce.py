@@ -25,7 +25,7 @@ from amm.reproduce import (
     sweep_blocks,
 )
 from experiments import Run, load_runs
-from experiments._stepsize import cell, diverged, gap_at, score
+from experiments._stepsize import budgets, cell, diverged, gap_at, score
 
 
 def reproduce(artifact: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -189,6 +189,19 @@ def test_stepsize_gaps_mark_divergence_and_missing_records() -> None:
     overshoot = run([1.0, 3.0, 0.5])  # above the start once, then below: not diverged
     assert not diverged(overshoot, 1) and cell(overshoot, 1) == "3.00e+00"
     assert score(run([1.0, 1e-16]), 1, resolution=1e-13) == 1e-13  # below what f* resolves
+
+
+def test_stepsize_budgets_end_at_the_runs_last_iterate() -> None:
+    """The config's budgets, cut at the last iterate, which is always one (make demo runs the
+    smoke sweep for 500 steps)."""
+
+    def runs(max_steps: int) -> list[Run]:
+        cfg = {"method": "mgd", "budgets": [30, 100], "trainer": {"max_steps": max_steps}}
+        return [Run(Path("run"), OmegaConf.create(cfg), [], {})]
+
+    assert budgets(runs(101)) == [30, 100]
+    assert budgets(runs(500)) == [30, 100, 499]
+    assert budgets(runs(60)) == [30, 59]
 
 
 def test_run_dirs_are_those_hydra_composes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
