@@ -12,17 +12,24 @@ A missing file is downloaded once (unless ``AMM_OFFLINE=1``); when that is impos
 Labels: binary sets come as -1/+1, 0/1 or 1/2 and are mapped to {-1, +1} (smaller -> -1);
 multiclass labels to 0..K-1 in sorted order. Each set's raw label values are in the registry, so
 a file with unexpected labels (a wrong or damaged file) is rejected instead of silently mapped.
+
+Any other svmlight file: :func:`load_path` (``dataset=libsvm dataset.path=FILE``, optional
+``dataset.test_path=FILE``) reads a plain, ``.bz2``, ``.gz`` or ``.xz`` file; the number of
+features, whether indices start at 0, and the task (two label values: binary, more:
+multiclass) are detected from the data, since there is no registry entry to check against.
 """
 
 from __future__ import annotations
 
 import bz2
+import gzip
+import lzma
 import os
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Literal
 
@@ -205,8 +212,18 @@ def ensure_file(
     )
 
 
+#: Compressed files, by suffix (anything else is read as plain text).
+_OPENERS = (".bz2", ".gz", ".xz")
+
+
 def _open(path: Path) -> IO[bytes]:
-    return bz2.open(path, "rb") if path.suffix == ".bz2" else open(path, "rb")
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rb")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # a GzipFile is an IO[bytes]
+    if path.suffix == ".xz":
+        return lzma.open(path, "rb")
+    return open(path, "rb")
 
 
 def _iter_lines(path: Path) -> Iterator[bytes]:
@@ -214,7 +231,7 @@ def _iter_lines(path: Path) -> Iterator[bytes]:
         yield from fh
 
 
-def _first_bad_line(path: Path, n_features: int, zero_based: bool) -> str:
+def _first_bad_line(path: Path, n_features: int | None, zero_based: bool) -> str:
     """Describe the first line that is not ``label idx:val ...`` (diagnostics only).
 
     Loading always goes through scikit-learn; this scan only runs after it failed, to tell the
@@ -232,30 +249,33 @@ def _first_bad_line(path: Path, n_features: int, zero_based: bool) -> str:
                 for pair in pairs:
                     idx, val = pair.split(b":")
                     float(val)
-                    if not lo <= int(idx) < n_features + lo:
+                    if int(idx) < lo or (n_features is not None and int(idx) >= n_features + lo):
                         raise ValueError(f"feature index {int(idx)} out of range")
             except ValueError as err:
                 text = raw.decode("utf-8", "replace").rstrip()
                 return f"first bad line is line {lineno} ({err}): {text[:120]!r}"
-    except (OSError, EOFError, UnicodeError) as err:
+    except (OSError, EOFError, UnicodeError, lzma.LZMAError) as err:
         return f"the file cannot be read ({err})"
     return "no single bad line found"
 
 
 def read_svmlight(
-    path: Path, n_features: int, zero_based: bool = False
+    path: Path,
+    n_features: int | None,
+    zero_based: bool = False,
+    *,
+    fix: str = "Delete the file and download it again.",
 ) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Parse one svmlight file (plain or .bz2); a clear ``ValueError`` if it is corrupt."""
+    """Parse one svmlight file (plain, .bz2, .gz or .xz); a clear ``ValueError`` if it is
+    corrupt. ``n_features=None``: as many as the largest index in the file."""
     try:
         with _open(path) as fh:
             X, y = load_svmlight_file(
                 fh, n_features=n_features, zero_based=zero_based, dtype=np.float64
             )
-    except (ValueError, OSError, EOFError) as err:
+    except (ValueError, OSError, EOFError, lzma.LZMAError) as err:
         where = _first_bad_line(path, n_features, zero_based)
-        raise ValueError(
-            f"corrupt svmlight file {path}: {err}; {where}. Delete the file and download it again."
-        ) from err
+        raise ValueError(f"corrupt svmlight file {path}: {err}; {where}. {fix}") from err
     return sp.csr_matrix(X), np.asarray(y, dtype=np.float64)
 
 
@@ -312,3 +332,67 @@ def load_dataset(
             f"the file is probably truncated. Delete it and download it again from {entry.url}."
         )
     return X, y
+
+
+def _uses_index_zero(path: Path) -> bool:
+    """Whether any line of ``path`` has feature index 0 (then indices are 0-based)."""
+    for raw in _iter_lines(path):
+        for pair in raw.split(b"#", 1)[0].split()[1:]:
+            if pair.split(b":", 1)[0] == b"0":
+                return True
+    return False
+
+
+def spec_from_labels(name: str, y: np.ndarray, num_features: int, path: object) -> DatasetSpec:
+    """A registry-like entry for a file given by path: task and labels from its label values."""
+    labels = tuple(float(v) for v in np.unique(y))
+    if len(labels) < 2:
+        raise ValueError(
+            f"{path}: all {y.size} rows have the label {labels[0] if labels else None}; "
+            "logistic regression needs at least two classes"
+        )
+    return DatasetSpec(
+        name=name,
+        task="binary" if len(labels) == 2 else "multiclass",
+        num_features=num_features,
+        num_classes=len(labels),
+        labels=labels,
+        train=None,
+    )
+
+
+def path_name(path: str | os.PathLike[str]) -> str:
+    """A data set's name from its file: the file name less a compression suffix."""
+    p = Path(path)
+    return p.stem if p.suffix in _OPENERS else p.name
+
+
+def load_path(
+    path: str | os.PathLike[str], test_path: str | os.PathLike[str] | None = None
+) -> tuple[DatasetSpec, tuple[sp.csr_matrix, np.ndarray], tuple[sp.csr_matrix, np.ndarray] | None]:
+    """Read an svmlight file given by path (and its test file), with labels mapped.
+
+    Returns ``(spec, (X, y), (X_test, y_test) or None)``. The features are the largest index
+    in either file; indices are 0-based if either file uses index 0 (else 1-based, the LIBSVM
+    convention). Labels are mapped as for registered sets, from the training file's values; a
+    test label the training file does not have is an error.
+    """
+    train = Path(path).expanduser()
+    test = Path(test_path).expanduser() if test_path is not None else None
+    for key, file in (("dataset.path", train), ("dataset.test_path", test)):
+        if file is not None and not file.is_file():
+            raise DataNotFoundError(f"{key}={file}: no such file")
+    files = [f for f in (train, test) if f is not None]
+    fix = "Check the file (svmlight format: `label index:value ...`, one row per line)."
+    try:
+        zero_based = any(_uses_index_zero(f) for f in files)
+    except (OSError, EOFError, lzma.LZMAError) as err:
+        raise ValueError(f"cannot read svmlight file {files}: {err}. {fix}") from err
+    parsed = [read_svmlight(f, None, zero_based, fix=fix) for f in files]
+    num_features = max(X.shape[1] for X, _ in parsed)
+    for X, _ in parsed:
+        X.resize((X.shape[0], num_features))  # a test file may not use the last features
+    spec = spec_from_labels(path_name(train), parsed[0][1], num_features, train)
+    spec = replace(spec, zero_based=zero_based)
+    out = [(X, map_labels(y, spec, f)) for (X, y), f in zip(parsed, files, strict=True)]
+    return spec, out[0], out[1] if test is not None else None
