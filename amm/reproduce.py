@@ -67,11 +67,15 @@ def sweep_blocks(artifact: str, scale: str) -> list[list[str]]:
 
     Every block names the method its runs are drawn as (``method: <label>``), or the experiment
     sets one ``method`` for all: the artifacts read the label back from each run's config.
+    No ``sweep.<scale>``: one run of the experiment as it stands; ``sweep.<scale>: []``: no
+    runs at all (an artifact computed without training, e.g. figure2).
     """
     cfg = compose("config", overrides=[f"experiment={artifact}", f"scale={scale}"])
     sweep = OmegaConf.to_container(cfg.sweep, resolve=True) if cfg.sweep is not None else {}
     assert isinstance(sweep, dict)
-    blocks = sweep.get(scale) or [{}]  # no sweep: one run of the experiment as it stands
+    blocks = sweep.get(scale)
+    if blocks is None:
+        blocks = [{}]  # no sweep: one run of the experiment as it stands
     for i, block in enumerate(blocks):
         if block.get("method", cfg.method) is None:
             raise ValueError(
@@ -193,7 +197,9 @@ def reproduce(
             + "\nFix the cause and re-run the same command: finished runs are not run again."
         )
     importlib.import_module(f"experiments.{artifact}").make(run_dirs, out_dir, scale)
-    (out_dir / "commands.txt").write_text("\n".join(commands) + "\n")
+    (out_dir / "commands.txt").write_text(
+        "\n".join(commands or [f"# {artifact} has no training runs (sweep.{scale}: [])"]) + "\n"
+    )
     record = {**provenance(shlex.join(reproduce_cmd)), "commands": commands}
     record["run_dirs"] = [str(d) for d in run_dirs]
     # the code each run trained with (a run may predate the artifact's commit)
