@@ -126,6 +126,8 @@ def test_amm_run_with_a_path_and_its_fingerprint(heart: Path, tmp_path: Path) ->
     run_amm(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path, env=env)
     result = summary(run_dir)
     assert result["step"] == 5 and result["objective_gap"] > 0
+    assert result["fstar"] == pytest.approx(result["loss"] - result["objective_gap"])
+    assert 0 < result["fstar_grad_norm"] < 1e-8  # how exact f* is, recorded with the run
     assert str(data.resolve()) in (run_dir / "fingerprint.json").read_text()
 
     # Same path, other content (half the rows): the run is not resumed silently.
@@ -138,3 +140,31 @@ def test_amm_run_with_a_path_and_its_fingerprint(heart: Path, tmp_path: Path) ->
     )
     assert proc.returncode != 0
     assert "my_set.bz2: changed since the run read it" in proc.stdout + proc.stderr
+
+
+def test_fstar_stopped_short_is_a_warning_and_recorded(
+    shared_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 14: a solver capped at one Newton iteration per attempt warns, records the gradient
+    norm it reached next to f*, and the run goes on; the cap lifted, f* is solved again."""
+    from amm.data import convex
+
+    kwargs = {"data_dir": shared_data, "cache_dir": tmp_path / "cache"}
+    exact = LogisticRegressionProblem("heart_scale", **kwargs).info
+    (tmp_path / "cache").rename(tmp_path / "exact-cache")
+    monkeypatch.setattr(convex, "FSTAR_MAX_ITER", 1)
+    short = LogisticRegressionProblem("heart_scale", **kwargs)
+    assert short.fstar_result is not None and not short.fstar_result.converged
+    assert "f* solver stopped short" in caplog.text
+    assert short.info["fstar_grad_norm"] > 1e-6 > exact["fstar_grad_norm"]
+    assert short.info["fstar"] > exact["fstar"]  # a point of f above the minimum
+    again = LogisticRegressionProblem("heart_scale", **kwargs)  # same settings: from the cache
+    assert again.fstar_result is not None and again.fstar_result.cached
+    assert again.info["fstar"] == short.info["fstar"]
+    monkeypatch.setattr(convex, "FSTAR_MAX_ITER", 2000)
+    solved = LogisticRegressionProblem("heart_scale", **kwargs)  # the short entry is not reused
+    assert solved.fstar_result is not None and not solved.fstar_result.cached
+    assert solved.info["fstar"] == pytest.approx(exact["fstar"], rel=1e-14)
