@@ -40,3 +40,10 @@ def _shared_data_dir_by_default() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AMM_DATA_DIR", str(path))
         yield
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No downloads, and a fresh per-test cache (stand-in data sets, tokenized C4) in tmp_path."""
+    monkeypatch.setenv("AMM_OFFLINE", "1")
+    monkeypatch.setenv("AMM_CACHE_DIR", str(tmp_path / "amm-cache"))

@@ -43,9 +43,8 @@ LONG = [
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AMM_OFFLINE", "1")
-    monkeypatch.setenv("AMM_CACHE_DIR", str(tmp_path / "amm-cache"))
+def _offline(offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """conftest.offline, and no SLURM job of the test runner's own (the lock records it)."""
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
 
 

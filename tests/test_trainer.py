@@ -32,9 +32,8 @@ QUADRATIC = [
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AMM_OFFLINE", "1")
-    monkeypatch.setenv("AMM_CACHE_DIR", str(tmp_path / "amm-cache"))
+def _offline(offline: None) -> None:
+    """Every test here: no downloads, its own cache (conftest.offline)."""
 
 
 @pytest.fixture(scope="module")

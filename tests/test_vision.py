@@ -39,9 +39,8 @@ MNIST_T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AMM_OFFLINE", "1")
-    monkeypatch.setenv("AMM_CACHE_DIR", str(tmp_path / "amm-cache"))  # stand-ins go here
+def _offline(offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """conftest.offline (stand-in data sets go to its cache), single process."""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
 
 
