@@ -24,6 +24,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from amm.data.libsvm import path_name
 from experiments import Run, fmt, load_runs
 from experiments._stepsize import budgets, cell, draw_vs_c, gap_at, initial_gap, lr_scale, score
 
@@ -58,11 +59,18 @@ class SetRuns:
         return sorted(set(self.am) | set(self.grid))
 
 
+def set_name(run: Run) -> str:
+    """The data set a run used: the file's name when given by path (``dataset.path=FILE``, which
+    takes the place of ``dataset.name``), else ``dataset.name``."""
+    path = run.cfg.dataset.get("path")
+    return path_name(path) if path else str(run.cfg.dataset.name)
+
+
 def collect(runs: list[Run]) -> dict[str, SetRuns]:
     """Runs per data set, data sets in sweep order."""
     sets: dict[str, SetRuns] = defaultdict(SetRuns)
     for r in runs:
-        s = sets[str(r.cfg.dataset.name)]
+        s = sets[set_name(r)]
         if r.method == "am_mgd":
             s.am[lr_scale(r)] = r
         elif r.method == "mgd":

@@ -9,6 +9,8 @@ import bz2
 import gzip
 import lzma
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +170,21 @@ def test_fstar_stopped_short_is_a_warning_and_recorded(
     solved = LogisticRegressionProblem("heart_scale", **kwargs)  # the short entry is not reused
     assert solved.fstar_result is not None and not solved.fstar_result.cached
     assert solved.info["fstar"] == pytest.approx(exact["fstar"], rel=1e-14)
+
+
+@pytest.mark.slow  # about 20 s: figure3's smoke sweep in subprocesses
+def test_figure3_sweep_on_a_file_given_by_path(heart: Path, tmp_path: Path) -> None:
+    data = copy_as(heart, tmp_path / "my_heart.xz")
+    cmd = [sys.executable, "-m", "amm.reproduce", "figure3", "--scale", "smoke"]
+    # one dataset.name replaces the sweep's list of sets (so the file runs once); with a path the
+    # name is not used: the figure names the set by its file
+    cmd += [f"dataset.path={data}", "dataset.name=unused"]
+    env = subprocess_env(tmp_path)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = (tmp_path / "results" / "figure3" / "smoke" / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert any(r.startswith("| my_heart |") for r in rows)
+    assert not any("breast_cancer" in r or "unused" in r for r in rows)
+    fingerprints = list((tmp_path / "runs" / "figure3" / "smoke").glob("*/fingerprint.json"))
+    assert fingerprints and all(str(data.resolve()) in f.read_text() for f in fingerprints)
