@@ -84,8 +84,9 @@ class LlamaLM(nn.Module):
         if seq_len is not None and seq_len > max_position_embeddings:
             raise ValueError(f"seq_len={seq_len} exceeds {max_position_embeddings=}")
         if tf32:
+            # matmuls only: cuDNN's convolutions use TF32 by default already, and its flag is
+            # frozen in processes that imported torch's test utilities (disable_global_flags)
             torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
         self.config = llama_config(
             hidden_size,
             intermediate_size,
