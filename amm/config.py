@@ -29,6 +29,7 @@ NON_RESULT_KEYS = (
     "trainer.num_threads",
     "trainer.on_mismatch",
     "method",
+    "seeds",  # how many seeds amm.reproduce runs (each run's own is trainer.seed)
     "sweep",  # the experiment's list of runs: editing it (a set added) changes no run
     "logger",
     "paths",

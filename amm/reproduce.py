@@ -1,11 +1,14 @@
 """Reproduce one paper artifact: run its sweep, then draw it.
 
-    python -m amm.reproduce figure3 --scale smoke|reduced|paper [--dry-run|--collect] [overrides...]
+    python -m amm.reproduce figure3 --scale smoke|reduced|paper [--seeds N] [--dry-run|--collect]
+        [overrides...]
 
 1. Composes ``experiment=<artifact> scale=<scale>`` and reads its ``sweep.<scale>`` blocks.
 2. Runs each block as one Hydra multirun, in a subprocess:
    ``python -m amm.run -m experiment=<artifact> scale=<scale> <block overrides> <overrides>``
-   (printed and recorded). Blocks whose runs have all finished are not launched again, and
+   (printed and recorded), once per seed: the experiment's ``seeds`` (per scale; ``--seeds N``
+   overrides it) adds ``trainer.seed=0,...,N-1`` to every block, unless it is ``deterministic``
+   (full-batch problems: one run each, no seed changes them). Blocks whose runs have all finished are not launched again, and
    pre-empted runs resume from their checkpoints, so the same command can simply be re-run. Extra overrides go to every block, e.g.
    ``hydra/launcher=slurm`` (configs/hydra/launcher/) to run the jobs on a cluster: then every
    block is started at once (each sends one job array and waits for it), so all arrays queue
@@ -62,7 +65,7 @@ def override_value(value: Any) -> str:
     return str(value)
 
 
-def sweep_blocks(artifact: str, scale: str) -> list[list[str]]:
+def sweep_blocks(artifact: str, scale: str, n_seeds: int | None = None) -> list[list[str]]:
     """The experiment's sweep blocks at ``scale``, each as a list of Hydra overrides.
 
     Every block names the method its runs are drawn as (``method: <label>``), or the experiment
@@ -76,14 +79,54 @@ def sweep_blocks(artifact: str, scale: str) -> list[list[str]]:
     blocks = sweep.get(scale)
     if blocks is None:
         blocks = [{}]  # no sweep: one run of the experiment as it stands
+    if not blocks:  # run-less artifact (e.g. figure2)
+        return []
+    seeds = seed_override(artifact, scale, cfg.seeds, n_seeds)
     for i, block in enumerate(blocks):
+        if seeds and "trainer.seed" in block:
+            raise ValueError(
+                f"configs/experiment/{artifact}.yaml: block {i} of sweep.{scale} sets "
+                "trainer.seed, which `seeds` sets for every block; remove it from the block"
+            )
         if block.get("method", cfg.method) is None:
             raise ValueError(
                 f"configs/experiment/{artifact}.yaml: block {i} of sweep.{scale} has no `method` "
                 f"label; add `method: <label>` to it (the label its runs are drawn as), e.g. "
                 f"method: am_mgd"
             )
-    return [[f"{k}={override_value(v)}" for k, v in block.items()] for block in blocks]
+    return [[f"{k}={override_value(v)}" for k, v in block.items()] + seeds for block in blocks]
+
+
+def seed_override(artifact: str, scale: str, seeds: Any, n_seeds: int | None) -> list[str]:
+    """``trainer.seed=0,...,n-1`` for the experiment's ``seeds`` at ``scale`` (or ``n_seeds``).
+
+    ``seeds: deterministic`` (full-batch runs: every seed gives the same numbers) adds nothing,
+    and asking for several seeds of it is an error rather than n identical runs.
+    """
+    where = f"configs/experiment/{artifact}.yaml"
+    if seeds == "deterministic":
+        if n_seeds not in (None, 1):
+            raise ValueError(
+                f"{where} says `seeds: deterministic` (full-batch runs: every seed gives the same "
+                f"numbers), so --seeds {n_seeds} would repeat identical runs; leave --seeds out"
+            )
+        return []
+    if n_seeds is None:
+        if seeds is None or isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise ValueError(
+                f"{where}: `seeds` is {seeds!r}; declare how many seeds its runs take at each "
+                "scale, e.g. `seeds: ${by_scale:1,3,1}`, or `seeds: deterministic` for full-batch "
+                "runs that no seed changes"
+            )
+        n_seeds = seeds
+    if n_seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {n_seeds}")
+    return ["trainer.seed=" + ",".join(str(s) for s in range(n_seeds))]
+
+
+def is_seed(override: str) -> bool:
+    """Whether an override sets ``trainer.seed``."""
+    return override.split("=", 1)[0].lstrip("+~") == "trainer.seed"
 
 
 def uses_cluster(overrides: list[str]) -> bool:
@@ -145,11 +188,14 @@ def reproduce(
     out_dir: Path | None = None,
     dry_run: bool = False,
     collect: bool = False,
+    n_seeds: int | None = None,
 ) -> Path | None:
     """Run the artifact's sweep at ``scale`` and make the artifact; returns its folder."""
     if artifact not in available():
         raise SystemExit(f"unknown artifact {artifact!r}; available: {', '.join(available())}")
     reproduce_cmd = ["python", "-m", "amm.reproduce", artifact, "--scale", scale]
+    if n_seeds is not None:
+        reproduce_cmd += ["--seeds", str(n_seeds)]
     if out_dir is not None:
         reproduce_cmd += ["--out-dir", str(out_dir)]
     reproduce_cmd += overrides
@@ -158,14 +204,19 @@ def reproduce(
     launched: list[tuple[str, subprocess.Popen[bytes]]] = []  # cluster blocks, run at once
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         try:
-            jobs = [
-                [f"experiment={artifact}", f"scale={scale}", *block, *overrides]
-                for block in sweep_blocks(artifact, scale)
-            ]
+            blocks = sweep_blocks(artifact, scale, n_seeds)
+            if any(map(is_seed, overrides)) and any(is_seed(o) for b in blocks for o in b):
+                raise ValueError(
+                    "the seeds come from the experiment's `seeds` (or --seeds N, which runs "
+                    "seeds 0..N-1); remove the trainer.seed override"
+                )
+            jobs = [[f"experiment={artifact}", f"scale={scale}", *b, *overrides] for b in blocks]
             block_dirs = [job_run_dirs(job) for job in jobs]
         except HydraException as err:  # e.g. a typo in an override: its message, no traceback
             cause = f" ({err.__cause__})" if err.__cause__ else ""
             raise SystemExit(f"amm.reproduce {artifact}: {err}{cause}") from None
+        except ValueError as err:  # a sweep block or `seeds` the experiment config gets wrong
+            raise SystemExit(f"amm.reproduce {artifact}: {err}") from None
     run_dirs = [d for dirs in block_dirs for d in dirs]
     if len(set(run_dirs)) != len(run_dirs):  # e.g. two blocks that differ only in `method`
         twice = sorted({str(d) for d in run_dirs if run_dirs.count(d) > 1})
@@ -216,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("artifact", help=f"one of: {', '.join(available())}")
     parser.add_argument("--scale", choices=SCALES, default="smoke")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        help="run seeds 0..N-1 of every job (default: the experiment's `seeds` at this scale)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
         "--collect",
@@ -225,7 +281,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, help="default: results/<artifact>/<scale>")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_intermixed_args(argv)
-    reproduce(args.artifact, args.scale, args.overrides, args.out_dir, args.dry_run, args.collect)
+    reproduce(
+        args.artifact,
+        args.scale,
+        args.overrides,
+        args.out_dir,
+        args.dry_run,
+        args.collect,
+        args.seeds,
+    )
 
 
 if __name__ == "__main__":

@@ -282,8 +282,10 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
             last = last or (records[-1] if records else {})
             summary = {k: v for k, v in last.items() if k != "betas"}
             summary |= divergence(records, stopped_early, state.skipped)
-            # how exact f* (and so objective_gap) is: the f* solver's reached gradient norm
-            summary |= {k: info[k] for k in ("fstar", "fstar_grad_norm") if k in info}
+            # reference values the data measured: f* and how exact it is (the solver's reached
+            # gradient norm); for language data, the eval tokens' unigram entropy
+            references = ("fstar", "fstar_grad_norm", "eval_unigram_entropy")
+            summary |= {k: info[k] for k in references if k in info}
             outputs.close()
             write_json_atomic(run_dir / SUMMARY, summary)
             if summary["diverged"]:

@@ -3,7 +3,8 @@
 Each module defines ``make(run_dirs, out_dir, scale)``, which reads the runs' outputs (written by
 ``amm.trainer``) and writes ``out_dir/<name>.png|pdf`` and tables (``table.md``);
 ``python -m amm.reproduce <name>`` runs the sweep and then calls it. Shared helpers: this
-module (reading runs), ``_llm`` (LLaMA runs) and ``_vision`` (image classification runs).
+module (reading runs), ``_llm`` (LLaMA runs), ``_vision`` (image classification runs) and ``_stats`` (mean and spread
+over seeds, paired differences).
 
 Which method a run belongs to is declared in its sweep block (``method: <label>`` in the
 experiment config), recorded in the run's ``config.yaml`` and read back as ``Run.method``;
@@ -45,6 +46,11 @@ class Run:
                 "before the labels existed are re-run (delete the run directory)."
             )
         return str(label)
+
+    @property
+    def seed(self) -> int:
+        """The run's ``trainer.seed`` (amm.reproduce runs seeds 0..n-1 of every job)."""
+        return int(self.cfg.trainer.seed)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(iteration, value) over the records that have ``key``.

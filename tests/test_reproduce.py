@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,58 @@ def test_run_dirs_are_those_hydra_composes(tmp_path: Path, monkeypatch: pytest.M
                 job = [f"experiment={artifact}", "scale=smoke", *block, *more]
                 expected = [composed_run_dir(j) for j in expand_jobs(job)]
                 assert job_run_dirs(job) == expected and len(set(expected)) == len(expected)
+
+
+def test_seeds_run_every_job_once_per_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The experiment's `seeds` at the scale (reduced: 3) or --seeds N adds trainer.seed=0..N-1
+    to every block; deterministic experiments run once; asking them for seeds is an error."""
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        assert all(b[-1] == "trainer.seed=0,1,2" for b in sweep_blocks("figure4", "reduced"))
+        assert all(b[-1] == "trainer.seed=0" for b in sweep_blocks("figure4", "smoke"))
+        assert all(b[-1] == "trainer.seed=0,1" for b in sweep_blocks("figure4", "smoke", 2))
+        assert all(
+            not any(o.startswith("trainer.seed") for o in b)
+            for b in sweep_blocks("figure3", "reduced")
+        )
+    main(["figure5", "--scale", "smoke", "--seeds", "2", "--dry-run"])
+    out = capsys.readouterr().out
+    dirs = [line.strip() for line in out.splitlines() if line.startswith("  runs/")]
+    assert len(dirs) == 8  # (AdamW, AM-AdamW) x (warmup, none) x 2 seeds
+    assert sum(d.endswith("trainer.seed=1") for d in dirs) == 4
+    with pytest.raises(SystemExit, match=r"seeds: deterministic.*--seeds 3"):
+        main(["figure3", "--scale", "smoke", "--seeds", "3", "--dry-run"])
+    with pytest.raises(SystemExit, match="remove the trainer.seed override"):
+        main(["figure4", "--scale", "smoke", "--dry-run", "trainer.seed=5"])
+
+
+def test_an_experiment_without_seeds_says_what_to_declare(tmp_path: Path) -> None:
+    config_dir = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    exp = config_dir / "experiment" / "figure4.yaml"
+    exp.write_text(exp.read_text().replace("seeds: ${by_scale:1,3,1}", "seeds: null"))
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        with pytest.raises(ValueError, match=r"figure4.yaml: `seeds` is None; declare how many"):
+            sweep_blocks("figure4", "reduced")
+
+
+def test_tables_5_and_6_share_figure5_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that Figure 5 also runs (same overrides) has Figure 5's run directory, so it is run
+    once for all three artifacts; the ablation-only jobs are new directories beside them."""
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+
+        def dirs(artifact: str) -> set[Path]:
+            return {
+                d
+                for b in sweep_blocks(artifact, "reduced")
+                for d in job_run_dirs([f"experiment={artifact}", "scale=reduced", *b])
+            }
+
+        figure5, table5, table6 = dirs("figure5"), dirs("table5"), dirs("table6")
+    assert len(figure5) == 12  # 2 optimizers x 2 schedules x 3 seeds
+    assert {d.parent for d in table5 | table6} == {Path("runs/figure5/reduced")}
+    assert len(table5 & figure5) == 6 and len(table5 - figure5) == 6  # per-tensor: new
+    assert len(table6 & figure5) == 6 and len(table6 - figure5) == 6  # Clip, Restart: new

@@ -16,7 +16,9 @@ class DataModule(Protocol):
     """A problem or data set, as built by ``hydra.utils.instantiate(cfg.dataset)``."""
 
     #: facts the model, optimizer and trainer need: ``num_features``, ``num_classes``,
-    #: ``n_train``; deterministic problems also ``lr`` (1/L), ``fstar``, ``minimizer``
+    #: ``n_train``; deterministic problems also ``lr`` (1/L), ``fstar``, ``minimizer`` and
+    #: ``fstar_grad_norm`` (how exact f* is); language data ``eval_unigram_entropy`` (a
+    #: reference loss). The trainer copies f*, its gradient norm and the entropy into summary.json.
     info: dict[str, Any]
 
     def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterable[Any]:

@@ -100,6 +100,16 @@ def local_files(tokenizer: str, *patterns: str | list[str] | None) -> list[Path]
     return files
 
 
+def unigram_entropy(targets: torch.Tensor) -> float:
+    """Entropy (nats) of the tokens' own frequencies: the lowest mean loss any model that ignores
+    the context reaches on them. A language model's eval loss under it shows it uses the context.
+    (On a small eval set the plug-in estimate is biased low, so the reference is a strict one.)
+    """
+    counts = torch.bincount(targets.reshape(-1)).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
 class C4Data:
     """Packed C4 token blocks: ``{"input_ids": LongTensor[batch, seq_len]}`` per batch.
 
@@ -263,4 +273,5 @@ class C4Data:
             usable = max(len(ids) // self.eval_batch_size, 1) * self.eval_batch_size
             self._eval = [{"input_ids": b} for b in ids[:usable].split(self.eval_batch_size)]
             self.info["eval_tokens"] = sum(b["input_ids"].numel() for b in self._eval)
+            self.info["eval_unigram_entropy"] = unigram_entropy(ids[:usable, 1:])
         return self._eval
