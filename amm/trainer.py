@@ -72,12 +72,21 @@ from amm.rundir import (
     read_fingerprint,
     write_fingerprint,
 )
-from amm.tracking import RunOutputs, run_log
+from amm.tracking import (
+    RunOutputs,
+    Throughput,
+    full_tensor,
+    grad_norm,
+    resolved_values,
+    run_log,
+    wandb_run,
+)
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = LAST  # checkpoints/last.pt, relative to the run directory
 SUMMARY = "summary.json"
+INTERVAL_KEYS = ("betas", "steps_per_s", "tokens_per_s")  # in records, left out of the summary
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 LOW_PRECISION = (torch.bfloat16, torch.float16)  # gradient sums in fp32, as the optimizers do
 # recorded in meta.json: which SLURM job (array task) ran the run, where, after how many requeues
@@ -167,15 +176,20 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
             saved.optimizer.resolved_lr = resolved_lr  # the number the lr (auto x lr_scale) became
             OmegaConf.save(saved, run_dir / "config.yaml")
             meta = write_meta(run_dir, experiment, world_size, device, state.step, resolved_lr)
-            wandb_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+            resolved = resolved_values(
+                cfg,
+                lr=resolved_lr,
+                optimizer=optimizer,
+                model=raw_model,
+                info=info,
+                world_size=world_size,
+            )
             outputs = RunOutputs(
                 run_dir,
                 keep_until_step=state.step,
                 logger=cfg.logger,
                 wandb_id=meta["wandb_id"],
-                group=experiment,
-                name=f"{cfg.optimizer.name} {run_dir.name} seed={tcfg.seed}",
-                config=wandb_config,
+                wandb_run=wandb_run(cfg, run_dir, experiment, resolved),
             )
             cleanup.push(outputs.exit)  # W&B learns how the run ended
             how = f"resumed from step {state.step}" if resumed else "new run"
@@ -193,15 +207,26 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
         stopped_early = ""  # why the run stopped before max_steps (diverged)
         skipped_since_record = 0
         t0 = time.perf_counter()
+        throughput = Throughput(state.step, world_size)  # steps/s (tokens/s) between records
         stop = cleanup.enter_context(StopFlag())
         while state.step < max_steps:
             micro_batches = []
             for _ in range(accumulate):
                 state.epoch, i, batch = next(batches)
                 micro_batches.append(to_device(batch, device, dtype))
+                throughput.add(batch)
 
+            upcoming = state.step + 1  # the gradient norm is computed for records only
+            logs_next = upcoming % log_every == 0 or upcoming == max_steps
+            logs_next |= eval_every > 0 and upcoming % eval_every == 0
             loss, metrics = take_step(
-                model, optimizer, micro_batches, autocast, tcfg.grad_clip, world_size
+                model,
+                optimizer,
+                micro_batches,
+                autocast,
+                tcfg.grad_clip,
+                world_size,
+                want_grad_norm=logs_next,
             )
             scheduler.step()
             state.step, state.batch_idx = state.step + 1, i + 1
@@ -245,6 +270,7 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
                 if skip_nonfinite:
                     record["skipped_steps"] = skipped_since_record
                     skipped_since_record = 0
+                record.update(throughput.rates(step))  # after make_record's host transfer
                 if do_eval and (is_main or fsdp):
                     record.update(evaluate(raw_model, data, device, dtype, autocast))
                 record["time_s"] = state.elapsed + time.perf_counter() - t0
@@ -253,6 +279,7 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
                     postfix = {k: record[k] for k in ("loss", "beta") if k in record}
                     bar.set_postfix(postfix, refresh=False)  # drawn at tqdm's own pace
                 last = record
+                throughput.restart(step)  # the evaluation is not part of the next rates
                 stop.sync(world_size)
 
             signum = stop.agreed(world_size)
@@ -280,12 +307,14 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
         if outputs is not None:
             records = outputs.records()  # all of them: also the steps before a resume
             last = last or (records[-1] if records else {})
-            summary = {k: v for k, v in last.items() if k != "betas"}
+            # not the last interval's betas and rates: they describe an interval, not the run
+            summary = {k: v for k, v in last.items() if k not in INTERVAL_KEYS}
             summary |= divergence(records, stopped_early, state.skipped)
             # reference values the data measured: f* and how exact it is (the solver's reached
             # gradient norm); for language data, the eval tokens' unigram entropy
             references = ("fstar", "fstar_grad_norm", "eval_unigram_entropy")
             summary |= {k: info[k] for k in references if k in info}
+            outputs.summarize(summary)  # W&B: summary.final
             outputs.close()
             write_json_atomic(run_dir / SUMMARY, summary)
             if summary["diverged"]:
@@ -495,9 +524,13 @@ def take_step(
     autocast: Any,
     grad_clip: float | None,
     world_size: int,
+    want_grad_norm: bool = False,
 ) -> tuple[Tensor, dict[str, Any]]:
     """One optimizer update on the gradients of ``micro_batches``; returns the (local) loss and
     metrics before it, averaged over the micro-batches.
+
+    The metrics include ``grad_norm``, the global L2 norm of the gradients before clipping,
+    whenever ``grad_clip`` is set (the clipping computes it anyway) or ``want_grad_norm``.
 
     With k micro-batches (``trainer.accumulate_grad_batches``) each loss is weighted 1/k, so the
     update is the one of a batch k times as large (micro-batches of equal size); under DDP/FSDP
@@ -518,9 +551,13 @@ def take_step(
                 loss, metrics = model(batch)  # (optimizers call closures under no_grad)
                 (loss / k if k > 1 else loss).backward()
             outputs.append((loss, metrics))
+        loss, metrics = outputs[0] if k == 1 else average_outputs(outputs)
         if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
-        return outputs[0] if k == 1 else average_outputs(outputs)
+            norm = nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+            metrics = {**metrics, "grad_norm": full_tensor(norm)}
+        elif want_grad_norm:
+            metrics = {**metrics, "grad_norm": grad_norm(model.parameters())}
+        return loss, metrics
 
     if not getattr(optimizer, "needs_closure", False):
         outputs = forward_backward()

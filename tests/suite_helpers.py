@@ -19,7 +19,7 @@ from amm.tracking import read_jsonl
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 # Keys whose values depend on the machine or the clock, not on the computation.
-TIMING_KEYS = {"time_s"}
+TIMING_KEYS = {"time_s", "steps_per_s", "tokens_per_s"}
 
 
 def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:
