@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -132,8 +133,10 @@ def test_lr_factor() -> None:
         lr_factor(OmegaConf.create({**base, "name": "linear", "warmup_steps": 0}), 10)
 
 
-def _start(run_dir: Path, tmp_path: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+def _start(tmp_path: Path) -> tuple[Path, subprocess.Popen[str]]:
+    """Start the QUADRATIC run in ``tmp_path/run`` as a process: its run dir and the process."""
+    run_dir = tmp_path / "run"
+    return run_dir, subprocess.Popen(
         amm_run_cmd(*QUADRATIC, f"hydra.run.dir={run_dir}"),
         cwd=tmp_path,
         env=subprocess_env(tmp_path),
@@ -155,12 +158,17 @@ def _wait_until(condition: object, proc: subprocess.Popen[str], timeout: float =
         time.sleep(0.01)
 
 
+def _resume(run_dir: Path, tmp_path: Path) -> list[dict[str, Any]]:
+    """Run QUADRATIC again in ``run_dir`` (it resumes from the checkpoint); its metrics."""
+    run_amm(*QUADRATIC, f"hydra.run.dir={run_dir}", cwd=tmp_path, env=subprocess_env(tmp_path))
+    return metrics(run_dir)
+
+
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
     tmp_path: Path, quadratic_reference: Path
 ) -> None:
-    run_dir = tmp_path / "run"
-    proc = _start(run_dir, tmp_path)
+    run_dir, proc = _start(tmp_path)
     _wait_until((run_dir / CHECKPOINT).exists, proc)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
@@ -168,8 +176,7 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
     stopped_at = torch.load(run_dir / CHECKPOINT, weights_only=False)["step"]
     assert 0 < stopped_at < 4000 and not (run_dir / "summary.json").exists()
 
-    run_amm(*QUADRATIC, f"hydra.run.dir={run_dir}", cwd=tmp_path, env=subprocess_env(tmp_path))
-    assert metrics(run_dir) == metrics(quadratic_reference)
+    assert _resume(run_dir, tmp_path) == metrics(quadratic_reference)
     final = [torch.load(d / CHECKPOINT, weights_only=False) for d in (run_dir, quadratic_reference)]
     assert torch.equal(final[0]["model"]["x"], final[1]["model"]["x"])
 
@@ -178,8 +185,7 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
 def test_hard_kill_resume_drops_records_after_the_checkpoint(
     tmp_path: Path, quadratic_reference: Path
 ) -> None:
-    run_dir = tmp_path / "run"
-    proc = _start(run_dir, tmp_path)
+    run_dir, proc = _start(tmp_path)
 
     def logged_past_checkpoint() -> bool:
         if not (run_dir / CHECKPOINT).exists():
@@ -190,10 +196,10 @@ def test_hard_kill_resume_drops_records_after_the_checkpoint(
     _wait_until(logged_past_checkpoint, proc)
     proc.kill()  # SIGKILL: no chance to save; the last checkpoint is older than the last record
     proc.communicate(timeout=60)
-    run_amm(*QUADRATIC, f"hydra.run.dir={run_dir}", cwd=tmp_path, env=subprocess_env(tmp_path))
-    steps = [r["step"] for r in metrics(run_dir)]
+    resumed = _resume(run_dir, tmp_path)
+    steps = [r["step"] for r in resumed]
     assert len(steps) == len(set(steps))  # nothing logged twice
-    assert metrics(run_dir) == metrics(quadratic_reference)
+    assert resumed == metrics(quadratic_reference)
 
 
 @pytest.mark.slow
