@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/libsvm),)
 export AMM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help venv demo test test-fast lint bench bench-optim bench-train sweep clean
+.PHONY: help venv demo test test-fast lint bench bench-optim bench-train sweep claims clean
 .DEFAULT_GOAL := help
 
 help:
@@ -23,6 +23,7 @@ help:
 	@echo "make lint                 ruff check + ruff format --check + mypy"
 	@echo "make figure3 SCALE=...    reproduce an artifact (smoke | reduced | paper)"
 	@echo "make sweep EXP=figure4 SCALE=paper CLUSTER=slurm   the same, the jobs on SLURM"
+	@echo "make claims SCALE=...     the claims report from the artifacts' runs: results/claims/<scale>/CLAIMS.md"
 	@echo "make bench                optimizer-step table + Table 2 end to end (bench-optim, bench-train)"
 	@echo "make clean                remove runs/ and caches (keeps results/ and .venv)"
 
@@ -64,6 +65,11 @@ figure%: $(STAMP)
 	$(REPRODUCE)
 table%: $(STAMP)
 	$(REPRODUCE)
+
+# The claims report (README "Claims"): results/claims/$(SCALE)/CLAIMS.md, computed from the runs
+# that the artifacts' provenance.json files list (make the artifacts first; it trains nothing).
+claims: $(STAMP)
+	$(PY) -m experiments.claims --scale $(SCALE) $(ARGS)
 
 # An artifact's sweep on a cluster (README "Running on a cluster"): each sweep block as one SLURM
 # job array through configs/hydra/launcher/$(CLUSTER).yaml, then the artifact once all finished.

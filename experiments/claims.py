@@ -472,7 +472,7 @@ class SignTest:
     def text(self) -> str:
         m = self.ahead + self.behind
         if m == 0:
-            return f"no problem decides ({self.ties} ties)"
+            return f"no problem decides (ties: {self.ties})"
         return (
             f"{self.ahead} of {m} (ties: {self.ties}), {CONFIDENCE:.0%} interval "
             f"[{self.lo:.2f}, {self.hi:.2f}]"
