@@ -8,6 +8,10 @@ sharply fixed beta degrades around its best value.
 Across step sizes lr = c / L (``optimizer.lr_scale``, the axis of Figure 3),
 figure1_stepsize.png|pdf and stepsize.md: the final gap of each adaptive method, MGD β = 0.9
 and MGD β* (the best fixed beta at that c) against c; diverged runs are marked.
+
+Curves stop where f − f* reaches the rounding level of f* (``experiments._stepsize``), as in
+Figure 3; here f* = 0 exactly and the gap is f itself, computed without cancellation, so the
+level is 0 and no curve stops. The runs are full-batch and deterministic: one run per setting.
 """
 
 from __future__ import annotations
@@ -18,9 +22,30 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from experiments import Run, fmt, load_runs, nan_to_inf
-from experiments._stepsize import cell, draw_vs_c, initial_gap, lr_scale, score
+from experiments._stepsize import (
+    cell,
+    draw_vs_c,
+    gap_curve,
+    gap_text,
+    initial_gap,
+    lr_scale,
+    rounding_level,
+    score,
+)
 
 METHODS = ("am_mgd", "oracle", "mgd")  # the `method` labels of configs/experiment/figure1.yaml
+DETERMINISTIC = (
+    "Full-batch gradients of a fixed quadratic from a fixed start: every run is deterministic, "
+    "so each setting is run once and no spread over seeds is given."
+)
+
+
+def rounding_caption(runs: list[Run]) -> str:
+    """What the figure says about the rounding cut (the same rule as Figure 3's)."""
+    levels = {rounding_level(r) for r in runs}
+    if levels == {0.0}:
+        return "f* = 0 exactly (f − f* is f itself): no rounding level, no curve is cut"
+    return "a curve stops where f − f* reaches the rounding level of f* (8 eps |f*|)"
 
 
 def label(run: Run) -> str:
@@ -56,7 +81,7 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     ax, ax_beta = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     cmap = colormaps["viridis"]
     for i, r in enumerate(fixed):
-        it, gap = r.series("objective_gap")
+        it, gap = gap_curve(r)
         ax.plot(
             it,
             gap,
@@ -66,7 +91,7 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         )
     for r in adaptive:
         ls, color = style(r)
-        it, gap = r.series("objective_gap")
+        it, gap = gap_curve(r)
         ax.plot(it, gap, ls=ls, color=color, lw=2, label=label(r))
     d = runs[0].cfg.dataset
     ax.set(
@@ -97,7 +122,10 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         title="sensitivity to β",
     )
     ax_beta.legend(fontsize=7)
-    fig.suptitle(f"Figure 1: fixed vs adaptive momentum ({scale} scale)")
+    fig.suptitle(
+        f"Figure 1: fixed vs adaptive momentum ({scale} scale)\n{rounding_caption(runs)}",
+        fontsize=10,
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "figure1.png", dpi=150)
@@ -109,10 +137,12 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         "| method | f − f* |",
         "|---|---|",
     ]
+    last = int(steps) - 1 if steps is not None else 0  # the iterate of the last record
     lines += [
-        f"| {label(r)}{' (best fixed)' if r is best else ''} | {fmt(r.final('objective_gap'))} |"
+        f"| {label(r)}{' (best fixed)' if r is best else ''} | {gap_text(r, last, fmt)} |"
         for r in adaptive + fixed
     ]
+    lines += ["", DETERMINISTIC, "", f"Rounding: {rounding_caption(runs)}."]
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
 
 
@@ -159,6 +189,10 @@ def draw_stepsize(runs: list[Run], out_dir: Path, scale: str) -> None:
         "",
         "MGD β*: the fixed beta of the grid with the lowest final gap at that c. 'diverged': "
         "the loss was not finite, or the gap is above the starting point's and never came back.",
+        "",
+        DETERMINISTIC,
+        "",
+        f"Rounding: {rounding_caption(runs)}.",
         "",
         "| c | " + " | ".join(names) + " | β* |",
         "|---" * (len(names) + 2) + "|",

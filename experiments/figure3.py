@@ -12,6 +12,11 @@ Writes:
 - figure3_best.png|pdf: per data set, each method at its own best c (MGD β*: best c and β);
 - stepsize.md: f − f* per data set, c and budget; the best c of each method; per c, the
   number of data sets where AM-MGD is ahead.
+
+A curve stops, and AM-MGD's β_t turns grey, where f − f* reaches the rounding level of f*
+(``experiments._stepsize.rounding_level``); the tables say "≤ rounding" from there on, and
+comparisons count such gaps as ties. The runs are full-batch and deterministic: one run per
+setting, no spread (``seeds: deterministic`` in the config).
 """
 
 from __future__ import annotations
@@ -22,11 +27,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from amm.data.libsvm import path_name
 from experiments import Run, fmt, load_runs
-from experiments._stepsize import budgets, cell, draw_vs_c, gap_at, initial_gap, lr_scale, score
+from experiments._stepsize import (
+    ROUNDED,
+    ROUNDING_K,
+    at_rounding,
+    budgets,
+    cell,
+    draw_rounding_level,
+    draw_vs_c,
+    gap_curve,
+    gap_text,
+    initial_gap,
+    lr_scale,
+    rounded_from,
+    score,
+)
 
 METHODS = ("AM-MGD", "MGD β=0.9", "MGD β*", "Adam")
 STYLE: dict[str, dict[str, Any]] = {
@@ -37,14 +57,25 @@ STYLE: dict[str, dict[str, Any]] = {
 }
 MGD_BETA = 0.9  # the commonly used value the paper compares with
 BASE_C = 1.0  # the step of the per-set curves (lr = 1/L)
-# f* comes from Newton-CG to ||grad f|| <= 1e-9 and the loss rounds at ~1e-16: gaps below this
-# are not told apart (they tie when methods, step sizes or momenta are compared).
-RESOLUTION = 1e-13
+# f* comes from Newton-CG to ||grad f|| <= 1e-8 x ||grad f(0)|| (amm.data.convex), so it is
+# within ||grad||^2 / (2 l2) of the minimum: below 1e-17 on the reduced sets (each run's summary
+# records fstar_grad_norm), far under the rounding level of f* (ROUNDING_K x eps x |f*|, about
+# 1e-16 to 1e-15 there). The gap is thus resolved down to that level, and gaps at it tie.
+DETERMINISTIC = (
+    "Full-batch gradients from the same starting point: every run is deterministic, so each "
+    "setting is run once and no spread over seeds is given."
+)
+ROUNDING_NOTE = (
+    f"{ROUNDED}: f − f* reached the rounding level of f*, {ROUNDING_K} × eps × |f*| (eps = "
+    "2.2e-16 in float64), at or before that iteration; below it the gap is rounding noise, and "
+    "comparisons count such gaps as ties."
+)
 
 
 def rank(run: Run, t: int) -> float:
-    """What "best" and "ahead" compare: the gap at t, inf if diverged, ties below RESOLUTION."""
-    return score(run, t, RESOLUTION)
+    """What "best" and "ahead" compare: the gap at t, inf if diverged, the rounding level of
+    f* once it was reached (ties)."""
+    return score(run, t)
 
 
 @dataclass
@@ -57,6 +88,10 @@ class SetRuns:
 
     def scales(self) -> list[float]:
         return sorted(set(self.am) | set(self.grid))
+
+    def runs(self) -> list[Run]:
+        grid = [r for by_beta in self.grid.values() for r in by_beta.values()]
+        return [*self.am.values(), *grid, *([self.adam] if self.adam else [])]
 
 
 def set_name(run: Run) -> str:
@@ -151,26 +186,59 @@ def draw_curves(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str) 
         for method in METHODS:
             if method not in chosen:
                 continue
-            it, gap = chosen[method].series("objective_gap")
             label = f"MGD β*={star:g}" if method == "MGD β*" else method
-            ax.plot(it, gap, label=label, **STYLE[method])
+            draw_gap(ax, chosen[method], label=label, **STYLE[method])
+        draw_rounding_level(ax, list(chosen.values()))
         ax.set(yscale="log", title=name, ylabel="f − f*")
         ax.legend(fontsize=7)
         if "AM-MGD" in chosen:
-            step, beta = chosen["AM-MGD"].betas()
-            ax_beta.plot(step - 1, beta, color="tab:red", lw=0.8)
+            draw_betas(ax_beta, chosen["AM-MGD"])
         ax_beta.set(ylim=(-0.05, 1.0), xlabel="iteration", ylabel="β_t")
-        finals = [fmt(gap_at(chosen[m], last)) if m in chosen else "–" for m in METHODS]
+        finals = [gap_text(chosen[m], last, fmt) if m in chosen else "–" for m in METHODS]
         table.append(
             f"| {name} | " + " | ".join(finals) + f" | {'–' if star is None else f'{star:g}'} |"
         )
     fig.suptitle(
-        f"Figure 3 ({scale} scale)\nlogistic regression, lr = 1/L (Adam: 1e-3)", fontsize=10
+        f"Figure 3 ({scale} scale)\nlogistic regression, lr = 1/L (Adam: 1e-3); {ROUNDED_CAPTION}",
+        fontsize=10,
     )
     fig.savefig(out_dir / "figure3.png", dpi=150)
     fig.savefig(out_dir / "figure3.pdf")
-    table += ["", "Other step sizes: stepsize.md, figure3_stepsize.png, figure3_best.png."]
+    table += [
+        "",
+        DETERMINISTIC,
+        "",
+        ROUNDING_NOTE,
+        "",
+        "Other step sizes: stepsize.md, figure3_stepsize.png, figure3_best.png.",
+    ]
     (out_dir / "table.md").write_text("\n".join(table) + "\n")
+
+
+# What the figures say about the rounding cut (their captions).
+ROUNDED_CAPTION = (
+    f"a curve stops (▼) where f − f* reaches the rounding level of f* ({ROUNDING_K} eps |f*|, "
+    "grey dotted line), and β_t turns grey from there"
+)
+
+
+def draw_gap(ax: Any, run: Run, **style: Any) -> None:
+    """f − f* against the iteration, up to the rounding level of f* (▼ where it stops)."""
+    it, gap = gap_curve(run)
+    (line,) = ax.plot(it, gap, **style)
+    if rounded_from(run) is not None:
+        ax.plot(it[-1:], gap[-1:], marker="v", ms=5, color=line.get_color(), ls="none")
+
+
+def draw_betas(ax: Any, run: Run) -> None:
+    """AM-MGD's β_t: red while f − f* is above the rounding level of f*, grey from there."""
+    step, beta = run.betas()
+    it = step - 1  # the iterate the step starts from, as the gap's iteration
+    start = rounded_from(run)
+    live = it <= start if start is not None else np.ones(len(it), dtype=bool)
+    ax.plot(it[live], beta[live], color="tab:red", lw=0.8)
+    if not live.all():
+        ax.plot(it[~live], beta[~live], color="0.6", lw=0.5)
 
 
 def draw_stepsize(sets: dict[str, SetRuns], ts: list[int], out_dir: Path, scale: str) -> None:
@@ -200,16 +268,18 @@ def draw_stepsize(sets: dict[str, SetRuns], ts: list[int], out_dir: Path, scale:
                     style = {**STYLE[m], "ls": budget_ls[t]}
                     draw_vs_c(ax, points, t, ceiling, label=f"{m}, t={t}", **style)
             if s.adam is not None:
-                adam = gap_at(s.adam, t)
+                adam = rank(s.adam, t)  # on the rounding level once it reached it
                 if math.isfinite(adam):
                     ax.axhline(adam, color="tab:purple", ls=budget_ls[t], lw=0.8)
         ax.axhline(ceiling, color="k", lw=0.5, alpha=0.4)
+        draw_rounding_level(ax, s.runs())
         ax.set(yscale="log", title=name, xlabel="c (lr = c / L)", ylabel="f(x_t) − f*")
         ax.legend(fontsize=6)
     fig.suptitle(
         f"Figure 3 across step sizes ({scale} scale): f − f* after t iterations vs c\n"
         f"t = {', '.join(map(str, shown))}: dotted, solid; x on the grey line: diverged;\n"
-        "purple: Adam (lr 1e-3, once)",
+        "purple: Adam (lr 1e-3, once); on the grey dotted line: f − f* reached the rounding "
+        f"level of f* ({ROUNDING_K} eps |f*|)",
         fontsize=9,
     )
     fig.savefig(out_dir / "figure3_stepsize.png", dpi=150)
@@ -223,14 +293,15 @@ def draw_best(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str) ->
     cells, ncols = panel_grid(fig, len(sets))
     for k, (name, s) in enumerate(sets.items()):
         ax = fig.add_subplot(cells[k // ncols, k % ncols])
-        for label, run, method in best_runs(s, last):
-            it, gap = run.series("objective_gap")
-            ax.plot(it, gap, label=label, **STYLE[method])
+        best = best_runs(s, last)
+        for label, run, method in best:
+            draw_gap(ax, run, label=label, **STYLE[method])
+        draw_rounding_level(ax, [run for _, run, _ in best])
         ax.set(yscale="log", title=name, xlabel="iteration", ylabel="f − f*")
         ax.legend(fontsize=7)
     fig.suptitle(
         f"Figure 3, each method at its best step size c\n({scale} scale; by f − f* after "
-        f"{last} iterations)",
+        f"{last} iterations)\n{ROUNDED_CAPTION}",
         fontsize=10,
     )
     fig.savefig(out_dir / "figure3_best.png", dpi=150)
@@ -255,6 +326,17 @@ def best_runs(s: SetRuns, t: int) -> list[tuple[str, Run, str]]:
     return out
 
 
+def gap_ratio(a: Run, b: Run, t: int) -> str:
+    """a's gap at t over b's; a gap at the rounding level of f* only bounds the ratio."""
+    ga, gb = rank(a, t), rank(b, t)
+    if not (math.isfinite(ga) and math.isfinite(gb) and gb > 0):
+        return "–"
+    rounded = (at_rounding(a, t), at_rounding(b, t))
+    if all(rounded):
+        return f"tie ({ROUNDED})"
+    return {(True, False): "≤ ", (False, True): "≥ "}.get(rounded, "") + f"{ga / gb:.2g}"
+
+
 def stepsize_tables(sets: dict[str, SetRuns], ts: list[int], scale: str) -> list[str]:
     """stepsize.md: gaps per data set, c and budget; best c per method; AM-MGD's wins per c."""
     last = ts[-1]
@@ -264,8 +346,11 @@ def stepsize_tables(sets: dict[str, SetRuns], ts: list[int], scale: str) -> list
         f"MGD β* is the momentum of the grid with the lowest f − f* after {last} iterations at "
         "that c. 'diverged': the loss was not finite by t, or the gap at t is above the starting "
         "point's and the run never came back below it. Adam (lr 1e-3, independent of L) is run "
-        f"once. Comparisons (β*, best c, 'ahead') count gaps below {RESOLUTION:g} as ties: f* "
-        "is not known more precisely.",
+        "once.",
+        "",
+        DETERMINISTIC,
+        "",
+        ROUNDING_NOTE.removesuffix(".") + " (β*, best c, 'ahead').",
     ]
     for t in ts:
         lines += [
@@ -300,9 +385,7 @@ def stepsize_tables(sets: dict[str, SetRuns], ts: list[int], scale: str) -> list
         ]
         ratio = "–"
         if "AM-MGD" in best and "MGD β*" in best:
-            am, mgd = rank(best["AM-MGD"][1], last), rank(best["MGD β*"][1], last)
-            if math.isfinite(am) and math.isfinite(mgd) and mgd > 0:
-                ratio = f"{am / mgd:.2g}"
+            ratio = gap_ratio(best["AM-MGD"][1], best["MGD β*"][1], last)
         adam = cell(s.adam, last) if s.adam is not None else "–"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} | {adam} |")
     lines += [
