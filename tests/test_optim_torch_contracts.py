@@ -63,6 +63,7 @@ def _error_inputs(device: Any, dtype: Any) -> list[ErrorOptimizerInput]:
         (dict(differentiable=True), NotImplementedError, "differentiable"),
         (dict(capturable=True), NotImplementedError, "capturable"),
         (dict(fused=True, foreach=True), ValueError, "fused"),
+        (dict(beta_scop="global"), TypeError, "unexpected keyword.*beta_scop"),  # a typo
     ]
     errors = [
         ErrorOptimizerInput(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import torch
 import torch.distributed as dist
@@ -41,12 +41,23 @@ from amm.optim._tensors import (
 )
 from amm.optim.beta import BETA_SCOPES, reduce_scope, unit_betas
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 PLANE_BIASES = ("linear", "exact")
 NONFINITE_POLICIES = ("raise", "skip", "off")
-# Options of the whole optimizer. They live in `defaults` and every param group (as torch's
-# flags do), so state_dict() records them and deepcopy/pickle keep them; they must agree
-# across groups.
-OPTIMIZER_OPTIONS = ("beta_scope", "plane_bias", "nonfinite", "foreach", "fused", "maximize")
+# Options of the whole optimizer, with their defaults (the one list of them; their types:
+# `GroupOptions`). They live in `defaults` and every param group (as torch's flags do), so
+# state_dict() records them and deepcopy/pickle keep them; they must agree across groups.
+OPTION_DEFAULTS: dict[str, Any] = {
+    "beta_scope": "global",
+    "plane_bias": "linear",
+    "nonfinite": "raise",
+    "foreach": None,
+    "fused": None,
+    "maximize": False,
+}
+OPTIMIZER_OPTIONS = tuple(OPTION_DEFAULTS)
 # Implementation options: None in a group means no preference.
 _IMPL_OPTIONS = ("foreach", "fused")
 # Options that change the math: a checkpoint must have been saved with the same values.
@@ -64,9 +75,8 @@ _NAMES_SHOWN = 3
 Impl = Literal["single", "foreach", "fused"]
 
 
-class OptimizerOptions(TypedDict, total=False):
-    """The keyword options of the whole optimizer that every AM class takes (declared once
-    here, documented in `AMSGD`; the defaults are `AdaptiveMemoryOptimizer.__init__`'s)."""
+class GroupOptions(TypedDict, total=False):
+    """The options kept in every param group (defaults: `OPTION_DEFAULTS`)."""
 
     beta_scope: str
     plane_bias: str
@@ -74,6 +84,13 @@ class OptimizerOptions(TypedDict, total=False):
     foreach: bool | None
     fused: bool | None
     maximize: bool
+
+
+class OptimizerOptions(GroupOptions, total=False):
+    """The keyword options of the whole optimizer that every AM class takes (declared once
+    here, documented in `AMSGD`; defaults: `OPTION_DEFAULTS` and
+    `AdaptiveMemoryOptimizer.__init__`'s)."""
+
     differentiable: bool
     capturable: bool
     process_group: Any
@@ -243,17 +260,15 @@ class AdaptiveMemoryOptimizer(Optimizer):
         params: Any,
         defaults: dict[str, Any],
         *,
-        beta_scope: str = "global",
-        plane_bias: str = "linear",
-        nonfinite: str = "raise",
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
         process_group: Any = None,
+        **group_options: Unpack[GroupOptions],
     ) -> None:
         name = type(self).__name__
+        unknown = sorted(set(group_options) - set(OPTION_DEFAULTS))
+        if unknown:  # **group_options takes any name: refuse the unknown ones, as Python would
+            raise TypeError(f"{name}.__init__() got unexpected keyword arguments {unknown}")
         if differentiable:
             raise NotImplementedError(
                 f"{name}: differentiable=True is not supported (beta comes from reductions "
@@ -266,14 +281,8 @@ class AdaptiveMemoryOptimizer(Optimizer):
                 "CUDA graph; use capturable=False"
             )
         check_lr(defaults["lr"], name)  # before torch reads the params, as torch does
-        options = dict(
-            beta_scope=beta_scope,
-            plane_bias=plane_bias,
-            nonfinite=nonfinite,
-            foreach=foreach,
-            fused=fused,
-            maximize=bool(maximize),
-        )
+        options: dict[str, Any] = {**OPTION_DEFAULTS, **group_options}
+        options["maximize"] = bool(options["maximize"])
         check_options(options, name)
         self.process_group = process_group
         self._init_runtime()
