@@ -59,9 +59,10 @@ its baseline (same initialisation, same data order), AM − baseline per seed, a
 - **supported**: the whole interval is on the side the claim names ("beats": better than 0;
   "about as good": no worse than the margin given in the row);
 - **not supported**: the whole interval is on the other side (worse than 0, or worse by more
-  than the margin); a run that diverged (NaN) where the claim needs a number also counts here;
+  than the margin), or AM diverged (NaN) in a seed where its baseline did not;
 - **inconclusive**: the interval crosses, or n < 2 (one seed gives no interval), or the
-  setting ran on generated stand-in data (smoke's CIFAR/ImageNet plumbing check: no evidence).
+  setting ran on generated stand-in data (smoke's CIFAR/ImageNet plumbing check: no evidence),
+  or the baseline diverged in some seeds where AM did not (all seeds, n ≥ 2: supported).
 
 **Deterministic artifacts** (figure1, figure3: full-batch, one run per setting, no seed changes
 a run): the unit of replication is the problem (data set). Per problem the outcome is AM ahead
@@ -202,8 +203,17 @@ def compare(
     better: str,
     margin: float = 0.0,
 ) -> Comparison:
+    """AM − baseline, paired by seed; a diverged run (NaN) decides as ``rule_text`` says."""
     diff = paired_difference(am, base)
-    found = verdict(diff, better=better, margin=margin)
+    found = verdict(diff, better=better, margin=margin)  # NaN: not supported
+    am_bad = sorted(s for s, v in am.items() if not math.isfinite(v))
+    base_bad = sorted(s for s, v in base.items() if not math.isfinite(v))
+    if base_bad and set(am_bad) <= set(base_bad):  # the baseline diverged where AM did not
+        everywhere = not am_bad and len(base_bad) == len(base) >= 2
+        found = SUPPORTED if everywhere else INCONCLUSIVE
+        setting += f" (baseline diverged: seeds {base_bad}; AM: seeds {am_bad})"
+    elif am_bad:
+        setting += f" (AM diverged: seeds {am_bad}; baseline: seeds {base_bad})"
     return Comparison(setting, diff, INCONCLUSIVE if STAND_IN in setting else found)
 
 

@@ -174,6 +174,12 @@ def test_a_comparison_is_paired_by_seed_and_stand_in_data_decide_nothing() -> No
     found = compare("mnist", am, base, better="higher")
     assert found.diff == estimate([1.0, 1.1, 1.1]) and found.verdict == SUPPORTED
     assert compare(f"cifar10{STAND_IN}", am, base, better="higher").verdict == INCONCLUSIVE
+    # divergence (NaN): AM's counts against the claim; the baseline's alone, in every seed, for it
+    nan = math.nan
+    assert compare("x", {0: nan, 1: 1.0}, {0: 1.0, 1: 1.0}, better="lower").verdict == NOT_SUPPORTED
+    assert compare("x", {0: 1.0, 1: 1.0}, {0: nan, 1: nan}, better="lower").verdict == SUPPORTED
+    some = compare("x", {0: 1.0, 1: 1.0}, {0: nan, 1: 2.0}, better="lower")
+    assert some.verdict == INCONCLUSIVE and "baseline diverged: seeds [0]" in some.text()
     with pytest.raises(ValueError, match="same seeds"):
         compare("mnist", am, {0: 0.0, 1: 0.5}, better="higher")
 
