@@ -20,6 +20,7 @@ from suite_helpers import run_amm, subprocess_env, summary
 
 from amm.data.convex import LogisticRegressionProblem
 from amm.data.libsvm import DataNotFoundError, load_dataset, load_path
+from amm.reproduce import main as reproduce_main
 
 COMPRESSORS = {"": None, ".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
 
@@ -172,13 +173,37 @@ def test_fstar_stopped_short_is_a_warning_and_recorded(
     assert solved.info["fstar"] == pytest.approx(exact["fstar"], rel=1e-14)
 
 
+def dry_run_dirs(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    """The run directories ``amm.reproduce --dry-run`` lists (it runs nothing)."""
+    reproduce_main([*args, "--dry-run"])
+    out = capsys.readouterr().out
+    return [line.strip() for line in out.splitlines() if line.startswith("  runs/")]
+
+
+def test_figure3_sweep_runs_a_file_given_by_path_once_per_setting(
+    heart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """dataset.path replaces the sweep blocks' list of built-in sets (dataset.name): without
+    that, figure3 reduced ran the same file once per set name, 7 identical runs each."""
+    monkeypatch.chdir(tmp_path)
+    data = copy_as(heart, tmp_path / "my_heart.xz")
+    named = dry_run_dirs(capsys, "figure3", "--scale", "reduced")
+    by_path = dry_run_dirs(capsys, "figure3", "--scale", "reduced", f"dataset.path={data}")
+    # 7 sets x (AM-MGD at 4 step sizes + Adam + MGD at 5 momenta x 4 step sizes)
+    assert len(named) == 7 * (4 + 1 + 5 * 4) and len(set(named)) == len(named)
+    assert len(by_path) == 4 + 1 + 5 * 4 and len(set(by_path)) == len(by_path)
+    assert all("dataset.path=" in d and "my_heart.xz" in d for d in by_path)
+    assert not any("dataset.name" in d for d in by_path)
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow  # about 20 s: figure3's smoke sweep in subprocesses
 def test_figure3_sweep_on_a_file_given_by_path(heart: Path, tmp_path: Path) -> None:
     data = copy_as(heart, tmp_path / "my_heart.xz")
     cmd = [sys.executable, "-m", "amm.reproduce", "figure3", "--scale", "smoke"]
-    # one dataset.name replaces the sweep's list of sets (so the file runs once); with a path the
-    # name is not used: the figure names the set by its file
-    cmd += [f"dataset.path={data}", "dataset.name=unused"]
+    # the path replaces the sweep's list of sets (so the file runs once); the figure names the
+    # set by its file
+    cmd += [f"dataset.path={data}"]
     env = subprocess_env(tmp_path)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
