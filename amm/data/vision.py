@@ -31,7 +31,7 @@ import pickle
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.transforms import v2
 
 from amm.paths import OFFLINE_ENV, cache_dir, data_dir, imagenet_dir, offline
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Batch = dict[str, torch.Tensor]
 
@@ -96,8 +99,23 @@ class Augmented(Dataset):
         return {"image": image, "label": torch.tensor(label, dtype=torch.long)}
 
 
+class LoaderOptions(TypedDict, total=False):
+    """The loader keywords every data module below takes (the dataset configs' keys of the
+    same names; each class's defaults: its ``loader_defaults``, then
+    ``ImageClassificationData.__init__``'s)."""
+
+    batch_size: int  # the global batch of one optimizer step (split over the ranks)
+    eval_batch_size: int
+    num_workers: int
+    pin_memory: bool | None  # None: when a GPU is present
+    seed: int  # the order and the augmentation of every epoch
+
+
 class ImageClassificationData:
-    """The shared loading logic; subclasses build the train and eval data sets."""
+    """The shared loading logic; subclasses build the train and eval data sets and take the
+    loader keywords as ``**loader: Unpack[LoaderOptions]``."""
+
+    loader_defaults: ClassVar[LoaderOptions] = {}
 
     def __init__(
         self,
@@ -108,13 +126,13 @@ class ImageClassificationData:
         num_classes: int,
         train_transform: Callable[[Any], Any] | None,
         eval_transform: Callable[[Any], Any] | None,
+        extra_info: dict[str, Any] | None = None,
+        source_files: list[Path] | None = None,
         batch_size: int,
         eval_batch_size: int,
         num_workers: int = 0,
         pin_memory: bool | None = None,
         seed: int = 0,
-        extra_info: dict[str, Any] | None = None,
-        source_files: list[Path] | None = None,
     ) -> None:
         self.seed = int(seed)
         self._files = list(source_files or [])
@@ -251,18 +269,20 @@ class CIFARData(ImageClassificationData):
     downloaded there when missing, unless ``allow_download=False`` or ``AMM_OFFLINE=1``.
     """
 
+    loader_defaults: ClassVar[LoaderOptions] = {
+        "batch_size": 128,
+        "eval_batch_size": 1000,
+        "num_workers": 4,
+    }
+
     def __init__(
         self,
         name: str = "cifar10",
         root: str | os.PathLike[str] | None = None,  # None: amm.paths.data_dir()
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
-        num_workers: int = 4,
-        pin_memory: bool | None = None,
-        seed: int = 0,
         allow_download: bool = True,
         stand_in: bool = False,
         stand_in_size: tuple[int, int] = (80, 32),
+        **loader: Unpack[LoaderOptions],
     ) -> None:
         if name not in CIFAR_CLASSES:
             raise ValueError(f"unknown CIFAR data set {name!r}; use cifar10 or cifar100")
@@ -305,12 +325,8 @@ class CIFARData(ImageClassificationData):
             train_transform=train_transform,
             eval_transform=v2.Compose(to_tensor(mean, std)),
             source_files=sorted(p for p in (root / cls.base_folder).iterdir() if p.is_file()),
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            seed=seed,
             extra_info={"stand_in": STAND_IN_NOTE} if stand_in else None,
+            **(self.loader_defaults | loader),
         )
 
 
@@ -351,19 +367,21 @@ class ImageNetData(ImageClassificationData):
     ImageNet cannot be downloaded automatically (its licence needs a login).
     """
 
+    loader_defaults: ClassVar[LoaderOptions] = {
+        "batch_size": 256,
+        "eval_batch_size": 250,  # divides the 50,000 validation images
+        "num_workers": 8,
+    }
+
     def __init__(
         self,
         root: str | os.PathLike[str] | None = None,  # None: amm.paths.imagenet_dir()
         image_size: int = 224,
         resize_size: int = 256,
-        batch_size: int = 256,
-        eval_batch_size: int = 250,
-        num_workers: int = 8,
-        pin_memory: bool | None = None,
-        seed: int = 0,
         stand_in: bool = False,
         stand_in_classes: int = 4,
         stand_in_size: tuple[int, int] = (8, 4),
+        **loader: Unpack[LoaderOptions],
     ) -> None:
         if stand_in:
             n_train, n_val = stand_in_size
@@ -406,12 +424,8 @@ class ImageNetData(ImageClassificationData):
             num_classes=len(train_set.classes),
             train_transform=train_transform,
             eval_transform=eval_transform,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            seed=seed,
             extra_info={"stand_in": STAND_IN_NOTE} if stand_in else None,
+            **(self.loader_defaults | loader),
         )
 
 
@@ -475,6 +489,8 @@ class MNISTData(ImageClassificationData):
     the 60,000 training images and the 10,000 test images.
     """
 
+    loader_defaults: ClassVar[LoaderOptions] = {"batch_size": 128, "eval_batch_size": 1000}
+
     def __init__(
         self,
         root: str | os.PathLike[str] | None = None,  # None: <data dir>/mnist_t10k
@@ -482,12 +498,8 @@ class MNISTData(ImageClassificationData):
         n_val: int = 2000,
         n_train: int | None = None,
         split_seed: int = 0,
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
-        num_workers: int = 0,
-        pin_memory: bool | None = None,
-        seed: int = 0,
         allow_download: bool = True,
+        **loader: Unpack[LoaderOptions],
     ) -> None:
         root = Path(root).expanduser() if root is not None else data_dir() / "mnist_t10k"
         which = ("t10k",) if split == "t10k" else ("train", "t10k")
@@ -519,13 +531,9 @@ class MNISTData(ImageClassificationData):
             num_classes=10,
             train_transform=None,
             eval_transform=None,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            seed=seed,
             extra_info={"split": split},
             source_files=[
                 f for w in which for name in MNIST_FILES[w] if (f := find_idx_file(root, name))
             ],
+            **(self.loader_defaults | loader),
         )
