@@ -190,7 +190,8 @@ def draw_curves(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str) 
             draw_gap(ax, chosen[method], label=label, **STYLE[method])
         draw_rounding_level(ax, list(chosen.values()))
         ax.set(yscale="log", title=name, ylabel="f − f*")
-        ax.legend(fontsize=7)
+        if chosen:  # a set without runs at c = 1 has an empty panel
+            ax.legend(fontsize=7)
         if "AM-MGD" in chosen:
             draw_betas(ax_beta, chosen["AM-MGD"])
         ax_beta.set(ylim=(-0.05, 1.0), xlabel="iteration", ylabel="β_t")
