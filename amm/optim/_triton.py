@@ -133,15 +133,15 @@ if triton is not None:
 
     @triton.jit
     def _each_block(body: tl.constexpr, args, full, DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr,
-                    BLOCK: tl.constexpr, ALIGNED: tl.constexpr):  # fmt: skip
-        """`body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, MASKED)` on this program's block:
-        MASKED=False (vectorised) when the block lies wholly inside its tensor (`full`), True
-        for a tensor's last block. (The constexprs are passed one by one: in a tuple they would
-        become run-time values.)"""
+                    BLOCK: tl.constexpr, ALIGNED: tl.constexpr, UPDATE: tl.constexpr):  # fmt: skip
+        """`body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, MASKED, UPDATE)` on this program's
+        block (UPDATE: pass 2): MASKED=False (vectorised) when the block lies wholly inside its
+        tensor (`full`), True for a tensor's last block. (The constexprs are passed one by one:
+        in a tuple they would become run-time values.)"""
         if full:
-            body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, False)
+            body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, False, UPDATE)
         else:
-            body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, True)
+            body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, True, UPDATE)
 
     @triton.jit
     def _segment_sum_kernel(partials, block_offsets, out, NCOL: tl.constexpr, RBLOCK: tl.constexpr):

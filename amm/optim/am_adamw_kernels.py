@@ -14,36 +14,45 @@ if triton is not None:
     from amm.optim._triton import _block, _each_block, _load, _store
 
     @triton.jit
-    def _adam_block(g_tab, m_tab, v_tab, t, offs, mask, hyper, DTYPE: tl.constexpr,
-                    BLOCK: tl.constexpr, ALIGNED: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
-        """What both passes start from: the block's g, m_hat, the new second moment v and
-        1 / (sqrt(v) + eps) (IEEE-rounded like torch's ops; 0 outside the tensor)."""
+    def _am_adamw_block(
+        g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, sums_or_weights,
+        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+        ALIGNED: tl.constexpr, MASKED: tl.constexpr, UPDATE: tl.constexpr,
+    ):  # fmt: skip
+        """One block of either pass. Both start from the block's g, m_hat, the new second
+        moment v and inv = 1 / (sqrt(v) + eps) (IEEE-rounded like torch's ops; 0 outside the
+        tensor). Pass 1 (UPDATE=False) stores the block's sums at `sums_or_weights`; pass 2
+        reads the tensor's momentum weight w there and writes v, m_hat and x."""
         beta2, eps = tl.load(hyper + t * 4), tl.load(hyper + t * 4 + 1)
         g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         m = _load(m_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         v = _load(v_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         v = beta2 * v + (1.0 - beta2) * g * g
         inv = tl.div_rn(tl.zeros_like(v) + 1.0, tl.sqrt_rn(v) + eps)  # both operands blocks
-        return g, m, v, tl.where(mask, inv, 0.0)
-
-    @triton.jit
-    def _am_adamw_sums(
-        g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, out,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
-        ALIGNED: tl.constexpr, MASKED: tl.constexpr,
-    ):  # fmt: skip
-        g, m, _, inv = _adam_block(g_tab, m_tab, v_tab, t, offs, mask, hyper, DTYPE, BLOCK,
-                                   ALIGNED, MASKED)  # fmt: skip
-        u = g * inv
-        tl.store(out, tl.sum(g * u, axis=0))  # ||g||_P^2 (unscaled)
-        tl.store(out + 1, tl.sum(m * u, axis=0))  # <g, d>_P
-        tl.store(out + 2, tl.sum(m * m * inv, axis=0))  # ||d||_P^2
-        if WITH_DECAY:
+        inv = tl.where(mask, inv, 0.0)
+        if UPDATE:
+            decay, step = tl.load(hyper + t * 4 + 2), tl.load(hyper + t * 4 + 3)
+            w = tl.load(sums_or_weights + t)
             x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-            tl.store(out + 3, tl.sum(g * x, axis=0))
+            m = m + w * (g - m)  # m_hat <- lerp(m_hat, g, w)
+            if WITH_DECAY:  # decoupled weight decay: decay = 1 - lr wd (1 for every tensor else)
+                x = x * decay
+            x = x + step * m * inv
+            _store(v_tab, t, offs, mask, v, DTYPE, BLOCK, MASKED, ALIGNED)
+            _store(m_tab, t, offs, mask, m, DTYPE, BLOCK, MASKED, ALIGNED)
+            _store(x_tab, t, offs, mask, x, DTYPE, BLOCK, MASKED, ALIGNED)
         else:
-            tl.store(out + 3, 0.0)
-        tl.store(out + 4, tl.sum(g * g, axis=0))  # ||g||^2: the non-finite check
+            out = sums_or_weights
+            u = g * inv
+            tl.store(out, tl.sum(g * u, axis=0))  # ||g||_P^2 (unscaled)
+            tl.store(out + 1, tl.sum(m * u, axis=0))  # <g, d>_P
+            tl.store(out + 2, tl.sum(m * m * inv, axis=0))  # ||d||_P^2
+            if WITH_DECAY:
+                x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+                tl.store(out + 3, tl.sum(g * x, axis=0))
+            else:
+                tl.store(out + 3, 0.0)
+            tl.store(out + 4, tl.sum(g * g, axis=0))  # ||g||^2: the non-finite check
 
     @triton.jit
     def _am_adamw_sums_kernel(
@@ -54,26 +63,7 @@ if triton is not None:
         pid, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
         out = partials + pid * NCOL
         args = (g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, out)
-        _each_block(_am_adamw_sums, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED)
-
-    @triton.jit
-    def _am_adamw_update(
-        g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, weights,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
-        ALIGNED: tl.constexpr, MASKED: tl.constexpr,
-    ):  # fmt: skip
-        g, m, v, inv = _adam_block(g_tab, m_tab, v_tab, t, offs, mask, hyper, DTYPE, BLOCK,
-                                   ALIGNED, MASKED)  # fmt: skip
-        decay, step = tl.load(hyper + t * 4 + 2), tl.load(hyper + t * 4 + 3)
-        w = tl.load(weights + t)
-        x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        m = m + w * (g - m)  # m_hat <- lerp(m_hat, g, w)
-        if WITH_DECAY:  # decoupled weight decay: decay = 1 - lr wd (1 for every tensor else)
-            x = x * decay
-        x = x + step * m * inv
-        _store(v_tab, t, offs, mask, v, DTYPE, BLOCK, MASKED, ALIGNED)
-        _store(m_tab, t, offs, mask, m, DTYPE, BLOCK, MASKED, ALIGNED)
-        _store(x_tab, t, offs, mask, x, DTYPE, BLOCK, MASKED, ALIGNED)
+        _each_block(_am_adamw_block, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED, False)
 
     @triton.jit
     def _am_adamw_update_kernel(
@@ -83,7 +73,7 @@ if triton is not None:
     ):  # fmt: skip
         _, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
         args = (g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, weights)
-        _each_block(_am_adamw_update, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED)
+        _each_block(_am_adamw_block, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED, True)
 
 
 def am_adamw_kernels() -> Launcher:

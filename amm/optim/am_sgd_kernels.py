@@ -13,21 +13,34 @@ if triton is not None:
     from amm.optim._triton import _block, _each_block, _load, _store
 
     @triton.jit
-    def _am_sgd_sums(
-        g_tab, d_tab, x_tab, t, offs, mask, hyper, out,
+    def _am_sgd_block(
+        g_tab, d_tab, x_tab, t, offs, mask, hyper, sums_or_weights,
         DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
-        ALIGNED: tl.constexpr, MASKED: tl.constexpr,
+        ALIGNED: tl.constexpr, MASKED: tl.constexpr, UPDATE: tl.constexpr,
     ):  # fmt: skip
+        """One block of either pass, on the effective gradient g (coupled decay: g + wd x).
+        Pass 1 (UPDATE=False) stores the block's sums at `sums_or_weights`; pass 2 reads the
+        tensor's momentum weight w there and writes d <- lerp(d, g, w), x <- x - lr d."""
+        if UPDATE:  # the tensor's scalars first: their loads overlap the block's
+            neg_lr, w = tl.load(hyper + t * 2 + 1), tl.load(sums_or_weights + t)
         g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         d = _load(d_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        if WITH_DECAY:  # coupled decay: the effective gradient g + wd x
+        if WITH_DECAY or UPDATE:  # pass 1 reads x only for the decay
             x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        if WITH_DECAY:
             g = g + tl.load(hyper + t * 2) * x
-        tl.store(out, tl.sum(g * g, axis=0))
-        tl.store(out + 1, tl.sum(g * d, axis=0))
-        tl.store(out + 2, tl.sum(d * d, axis=0))
-        tl.store(out + 3, 0.0)
-        tl.store(out + 4, tl.sum(g * g, axis=0))
+        if UPDATE:
+            d = d + w * (g - d)  # d <- lerp(d, g, w)
+            x = x + neg_lr * d
+            _store(d_tab, t, offs, mask, d, DTYPE, BLOCK, MASKED, ALIGNED)
+            _store(x_tab, t, offs, mask, x, DTYPE, BLOCK, MASKED, ALIGNED)
+        else:
+            out = sums_or_weights
+            tl.store(out, tl.sum(g * g, axis=0))
+            tl.store(out + 1, tl.sum(g * d, axis=0))
+            tl.store(out + 2, tl.sum(d * d, axis=0))
+            tl.store(out + 3, 0.0)
+            tl.store(out + 4, tl.sum(g * g, axis=0))
 
     @triton.jit
     def _am_sgd_sums_kernel(
@@ -38,24 +51,7 @@ if triton is not None:
         pid, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
         out = partials + pid * NCOL
         args = (g_tab, d_tab, x_tab, t, offs, mask, hyper, out)
-        _each_block(_am_sgd_sums, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED)
-
-    @triton.jit
-    def _am_sgd_update(
-        g_tab, d_tab, x_tab, t, offs, mask, hyper, weights,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
-        ALIGNED: tl.constexpr, MASKED: tl.constexpr,
-    ):  # fmt: skip
-        neg_lr, w = tl.load(hyper + t * 2 + 1), tl.load(weights + t)
-        g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        d = _load(d_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        if WITH_DECAY:
-            g = g + tl.load(hyper + t * 2) * x
-        d = d + w * (g - d)  # d <- lerp(d, g, w)
-        x = x + neg_lr * d
-        _store(d_tab, t, offs, mask, d, DTYPE, BLOCK, MASKED, ALIGNED)
-        _store(x_tab, t, offs, mask, x, DTYPE, BLOCK, MASKED, ALIGNED)
+        _each_block(_am_sgd_block, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED, False)
 
     @triton.jit
     def _am_sgd_update_kernel(
@@ -65,7 +61,7 @@ if triton is not None:
     ):  # fmt: skip
         _, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
         args = (g_tab, d_tab, x_tab, t, offs, mask, hyper, weights)
-        _each_block(_am_sgd_update, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED)
+        _each_block(_am_sgd_block, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED, True)
 
 
 def am_sgd_kernels() -> Launcher:
