@@ -1,6 +1,8 @@
 """Shared pieces of the LLM artifacts (figure5, table_llm, table2, table5, table6): model
 sizes, schedules, method names, the smoothed training loss, steps to reach a loss and time per
-iteration, all read from the runs' ``config.yaml`` and ``metrics.jsonl``."""
+iteration, all read from the runs' ``config.yaml`` and ``metrics.jsonl``; the runs of one table
+cell (size, method, warmup) over the seeds, and the eval tokens' unigram entropy (the loss of
+the best context-free model: the reference line of figure5 and table_llm)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from experiments import Run
+from experiments._stats import per_seed
 
 
 def size_label(run: Run) -> str:
@@ -53,6 +56,62 @@ def by_size(runs: list[Run]) -> dict[str, list[Run]]:
     for r in sorted(runs, key=size_order):
         groups[size_label(r)].append(r)
     return dict(groups)
+
+
+def by_cell(runs: list[Run]) -> dict[tuple[str, str, int], list[Run]]:
+    """(size, declared method label, warmup steps) -> its runs, one per seed (seed order);
+    sizes smallest first, then the order of ``runs``."""
+    groups: dict[tuple[str, str, int], list[Run]] = defaultdict(list)
+    for r in sorted(runs, key=lambda r: (size_order(r), r.seed)):
+        groups[(size_label(r), r.method, warmup(r))].append(r)
+    return dict(groups)
+
+
+def final_eval_loss(run: Run) -> float:
+    return run.final("eval_loss")
+
+
+def eval_losses(runs: list[Run]) -> dict[int, float]:
+    """seed -> final evaluation loss (NaN: diverged) of one cell's runs."""
+    return per_seed(runs, final_eval_loss)
+
+
+def eval_entropy(runs: list[Run]) -> float | None:
+    """The unigram entropy of the eval tokens (``eval_unigram_entropy`` of the runs' summaries;
+    None when no run recorded it). Runs evaluated on different tokens are an error: their
+    losses would not be comparable."""
+    values = sorted(
+        {
+            float(r.summary["eval_unigram_entropy"])
+            for r in runs
+            if "eval_unigram_entropy" in r.summary
+        }
+    )
+    if not values:
+        return None
+    if values[-1] - values[0] > 1e-6:
+        raise ValueError(
+            f"the runs evaluated on different tokens: the unigram entropy of their eval data "
+            f"ranges over {values[0]:.4f}-{values[-1]:.4f} nats; one artifact compares runs on "
+            "one eval set (same dataset.eval_tokens, seq_len and data files)"
+        )
+    return values[0]
+
+
+def entropy_line(runs: list[Run]) -> str:
+    """The reference line of a table: the eval tokens' unigram entropy, or why it is missing."""
+    h = eval_entropy(runs)
+    if h is None:
+        return (
+            "Unigram entropy of the eval tokens: not recorded by these runs (made before the "
+            "summary had `eval_unigram_entropy`; re-run them for the reference)."
+        )
+    missing = sum("eval_unigram_entropy" not in r.summary for r in runs)
+    note = f" ({missing} of {len(runs)} runs did not record it)" if missing else ""
+    return (
+        f"Unigram entropy of the eval tokens: {h:.2f} nats{note}; a loss below it uses the "
+        "context (the lowest loss of a model that ignores it)."
+    )
 
 
 def smoothing_window(run: Run) -> int:

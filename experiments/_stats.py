@@ -9,11 +9,17 @@ is the method, not the luck of the draw.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from experiments import Run
 
 CONFIDENCE = 0.95
 SPREAD_NOTE = (
@@ -113,3 +119,135 @@ def verdict(diff: Estimate, *, better: str, margin: float = 0.0) -> str:
     if gain_hi < -margin:
         return "not supported"
     return "inconclusive"
+
+
+# ---- runs -> numbers per seed, and curves over seeds (the artifacts' side) -------------------
+
+BAND_NOTE = "line: mean over the seeds; shaded band: min–max over the seeds"
+
+
+def run_diverged(run: Run) -> bool:
+    """The run says it diverged (``summary.json``), or its final training loss is not finite."""
+    return bool(run.summary.get("diverged")) or not math.isfinite(run.final("loss"))
+
+
+class SeedValues(dict[int, float]):
+    """seed -> value for one table cell; ``diverged``: the seeds whose run diverged (their value
+    is NaN). A NaN of any other seed is a value the run did not measure (e.g. too few steps)."""
+
+    def __init__(
+        self, values: Mapping[int, float] | None = None, diverged: Iterable[int] = ()
+    ) -> None:
+        super().__init__(values or {})
+        self.diverged = frozenset(diverged)
+
+
+def per_seed(runs: Iterable[Run], value: Callable[[Run], float]) -> SeedValues:
+    """seed -> ``value(run)`` over the runs of one cell (one setting and method); NaN for a
+    diverged run, so that the cell says "diverged" instead of averaging it in.
+
+    Two runs with the same seed in one cell mean the cell mixes settings: an error naming them.
+    """
+    values = SeedValues()
+    where: dict[int, Run] = {}
+    for r in runs:
+        if r.seed in values:
+            raise ValueError(
+                f"two runs of seed {r.seed} in one table cell: {where[r.seed].dir} and {r.dir}; "
+                "they differ in a setting the artifact does not group by"
+            )
+        values[r.seed], where[r.seed] = math.nan if run_diverged(r) else float(value(r)), r
+    return SeedValues(values, diverged=(s for s, r in where.items() if run_diverged(r)))
+
+
+def _missing_note(values: Mapping[int, float]) -> str:
+    """Why a cell has no number: how many seeds diverged, how many did not measure it."""
+    bad = [s for s, v in values.items() if not math.isfinite(v)]
+    diverged = [s for s in bad if s in getattr(values, "diverged", ())]
+    parts = [f"diverged ({len(diverged)} of {len(values)} seeds)"] if diverged else []
+    if len(diverged) < len(bad):
+        parts.append(f"not measured ({len(bad) - len(diverged)} of {len(values)} seeds)")
+    return "; ".join(parts)
+
+
+def cell(values: Mapping[int, float], digits: int = 3) -> str:
+    """A table cell: ``mean ± std (n=…)`` of the seeds' values, or why there is no number:
+    ``diverged (k of n seeds)`` (seeds ``per_seed`` marked) or ``not measured (k of n seeds)``."""
+    est = estimate(values.values())
+    return est.format(digits) if math.isfinite(est.mean) else _missing_note(values)
+
+
+def interval_cell(values: Mapping[int, float], digits: int = 3) -> str:
+    """A table cell for a per-seed quantity that is itself a comparison (a paired difference, an
+    overhead): ``mean [lo, hi] (n=…)`` with its 95 % t-interval, or why there is no number."""
+    est = estimate(values.values())
+    return est.format_interval(digits) if math.isfinite(est.mean) else _missing_note(values)
+
+
+def combine(
+    a: Mapping[int, float], b: Mapping[int, float], f: Callable[[float, float], float]
+) -> SeedValues:
+    """``f(a[s], b[s])`` seed by seed (e.g. a difference or a ratio); a seed that diverged on
+    either side stays marked. Different seeds on the two sides are an error naming them."""
+    paired_difference(a, b)  # raises, naming them, when the seeds differ
+    diverged = getattr(a, "diverged", frozenset()) | getattr(b, "diverged", frozenset())
+    return SeedValues({s: f(a[s], b[s]) for s in a}, diverged)
+
+
+def difference_cell(a: Mapping[int, float], b: Mapping[int, float], digits: int = 3) -> str:
+    """The paired difference ``a - b`` (same seeds) with its 95 % interval, as a table cell."""
+    return interval_cell(combine(a, b, lambda x, y: x - y), digits)
+
+
+def seeds_note(runs: Iterable[Run]) -> str:
+    """One line for a table: which seeds its cells average (each cell also gives its n)."""
+    seeds = sorted({r.seed for r in runs})
+    return (
+        f"Seeds: {', '.join(map(str, seeds))} (n = {len(seeds)} per cell unless a cell says less)."
+    )
+
+
+@dataclass(frozen=True)
+class Band:
+    """Mean, min and max of several curves (one per seed) at the x values they all have."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    n: int
+
+
+def band(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> Band:
+    """The mean and min–max band of ``(x, y)`` curves over the x values common to all."""
+    if not curves:
+        raise ValueError("no curves to average")
+    maps = [dict(zip(np.asarray(x).tolist(), np.asarray(y).tolist())) for x, y in curves]
+    common = sorted(set.intersection(*(set(m) for m in maps)))
+    ys = np.asarray([[m[c] for c in common] for m in maps], dtype=np.float64).reshape(
+        len(maps), len(common)
+    )
+    return Band(np.asarray(common, dtype=np.float64), ys.mean(0), ys.min(0), ys.max(0), len(maps))
+
+
+def draw_band(
+    ax: Axes,
+    curves: Sequence[tuple[np.ndarray, np.ndarray]],
+    diverged: int = 0,
+    label: str | None = None,
+    **style: Any,
+) -> None:
+    """Mean over the seeds' curves with a min–max band (one seed: its curve, no band).
+
+    ``diverged`` seeds (not in ``curves``) are left out of the mean and named in the legend,
+    so that a diverged run is never drawn as if it were fine.
+    """
+    if label is not None and diverged:
+        label += f" ({diverged} of {len(curves) + diverged} seeds diverged, not drawn)"
+    if not curves:
+        ax.plot([], [], label=label, **style)  # the legend still names it
+        return
+    b = band(curves)
+    (line,) = ax.plot(b.x, b.mean, label=label, **style)
+    if b.n > 1:
+        ax.fill_between(b.x, b.lo, b.hi, color=line.get_color(), alpha=0.2, lw=0)

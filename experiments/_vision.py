@@ -1,5 +1,7 @@
 """Shared pieces of the image-classification artifacts (figure4, figure7, figure_imagenet):
-method names, setting labels, per-epoch curves from ``metrics.jsonl``, the smoke banner."""
+method names, setting labels, per-epoch curves from ``metrics.jsonl``, the smoke banner, and
+the numbers over seeds (mean ± std per cell, paired AM-MGD − MGD differences, curves with a
+band: ``experiments._stats``)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,17 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from experiments import Run, load_runs
+from experiments._stats import (
+    BAND_NOTE,
+    SPREAD_NOTE,
+    band,
+    cell,
+    difference_cell,
+    draw_band,
+    per_seed,
+    run_diverged,
+    seeds_note,
+)
 
 STYLE: dict[str, dict[str, Any]] = {  # matplotlib line keywords per method name
     "AM-MGD": {"color": "tab:red", "lw": 1.6},
@@ -91,8 +104,16 @@ def load_settings(run_dirs: list[Path]) -> tuple[dict[str, list[Run]], str]:
 
 
 def diverged(run: Run) -> bool:
-    """The final training loss is NaN or infinite."""
-    return not math.isfinite(run.final("loss"))
+    """The run diverged: its summary says so, or the final training loss is not finite."""
+    return run_diverged(run)
+
+
+def by_method(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs of one setting per method (AM-MGD first), each list one run per seed."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in sorted(runs, key=lambda r: (METHODS.index(method(r)), r.seed)):
+        groups[method(r)].append(r)
+    return dict(groups)
 
 
 @dataclass
@@ -144,25 +165,33 @@ def epoch_means(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ends.astype(float), np.asarray([y[epoch == e].mean() for e in ends])
 
 
-def draw_beta(ax: Axes, c: Curves, color: str = "tab:red", label: str | None = None) -> None:
-    """Every step's beta (light) and its mean over each epoch (dark)."""
-    ax.plot(c.beta_x, c.beta, color=color, lw=0.4, alpha=0.35)
-    ex, ey = epoch_means(c.beta_x, c.beta)
-    ax.plot(ex, ey, color=color, lw=1.4, marker="." if len(ex) < 30 else None, label=label)
+def draw_betas(
+    ax: Axes, cs: list[Curves], color: str = "tab:red", label: str | None = None
+) -> None:
+    """beta_t over the seeds: every step's mean (light) and each epoch's mean with its min–max
+    band over the seeds (dark)."""
+    if cs:  # per step a band would be noise on noise: the mean only
+        steps = band([(c.beta_x, c.beta) for c in cs])
+        ax.plot(steps.x, steps.mean, color=color, lw=0.4, alpha=0.35)
+    epochs = [epoch_means(c.beta_x, c.beta) for c in cs]
+    marker = "." if epochs and len(epochs[0][0]) < 30 else None
+    draw_band(ax, epochs, color=color, lw=1.4, marker=marker, label=label)
     ax.set(ylim=(-0.05, 1.0), ylabel="β_t")
 
 
 def draw_training(
     axes: Any, runs: list[Run], title: str, accuracy_label: str = "test accuracy (%)"
 ) -> None:
-    """Train loss, test accuracy and AM-MGD's beta_t vs epoch (one row of Figure 4)."""
+    """Train loss, test accuracy and AM-MGD's beta_t vs epoch (one row of Figure 4): the mean
+    over the seeds with a min–max band; diverged seeds left out and counted in the legend."""
     ax_loss, ax_acc, ax_beta = axes
-    for r in runs:
-        c, m = curves(r), method(r)
-        ax_loss.plot(c.train_x, c.train_loss, label=m, **STYLE.get(m, {}))
-        ax_acc.plot(c.eval_x, c.eval_accuracy, label=m, **STYLE.get(m, {}))
+    for m, seeds in by_method(runs).items():
+        ok = [curves(r) for r in seeds if not diverged(r)]
+        bad, style = len(seeds) - len(ok), STYLE.get(m, {})
+        draw_band(ax_loss, [(c.train_x, c.train_loss) for c in ok], bad, m, **style)
+        draw_band(ax_acc, [(c.eval_x, c.eval_accuracy) for c in ok], bad, m, **style)
         if m == "AM-MGD":
-            draw_beta(ax_beta, c)
+            draw_betas(ax_beta, ok)
     ax_loss.set(yscale="log", ylabel="train loss", xlabel="epoch", title=title)
     ax_acc.set(ylabel=accuracy_label, xlabel="epoch", title=title)
     ax_beta.set(xlabel="epoch", title="AM-MGD β_t")
@@ -170,16 +199,43 @@ def draw_training(
     ax_acc.legend(fontsize=7)
 
 
-def accuracy_table_rows(setting_name: str, runs: list[Run]) -> list[str]:
-    """| setting | method | final test acc | best test acc | final train loss | rows."""
-    rows = []
-    for r in sorted(runs, key=lambda r: METHODS.index(method(r)) if method(r) in METHODS else 9):
-        c = curves(r)
-        final = f"{c.eval_accuracy[-1]:.2f}" if len(c.eval_accuracy) else "–"
-        best = f"{np.nanmax(c.eval_accuracy):.2f}" if len(c.eval_accuracy) else "–"
-        loss = "diverged" if diverged(r) else f"{c.train_loss[-1]:.4f}"
-        rows.append(f"| {setting_name} | {method(r)} | {final} | {best} | {loss} |")
-    return rows
+def final_accuracy(run: Run) -> float:
+    """Accuracy (%) at the last evaluation (NaN: never evaluated)."""
+    acc = curves(run).eval_accuracy
+    return float(acc[-1]) if len(acc) else math.nan
+
+
+def best_accuracy(run: Run) -> float:
+    acc = curves(run).eval_accuracy
+    return float(np.nanmax(acc)) if len(acc) else math.nan
+
+
+def final_train_loss(run: Run) -> float:
+    """Mean of the last epoch's logged batch losses."""
+    return float(curves(run).train_loss[-1])
+
+
+# the three numbers of an accuracy table, per seed
+MEASURES = (final_accuracy, best_accuracy, final_train_loss)
+
+
+def accuracy_table_rows(setting_name: str, runs: list[Run]) -> tuple[list[str], list[str]]:
+    """Rows of the accuracy table (| setting | method | final acc | best acc | final train loss |,
+    mean ± std over the seeds) and of the paired table (AM-MGD − MGD, seed by seed)."""
+    groups = by_method(runs)
+    values = {m: [per_seed(seeds, f) for f in MEASURES] for m, seeds in groups.items()}
+    rows = [
+        f"| {setting_name} | {m} | {cell(acc, 2)} | {cell(best, 2)} | {cell(loss, 4)} |"
+        for m, (acc, best, loss) in values.items()
+    ]
+    pairs = []
+    if {"AM-MGD", "MGD"} <= set(values):
+        diffs = [
+            difference_cell(a, b, digits)
+            for a, b, digits in zip(values["AM-MGD"], values["MGD"], (2, 2, 4))
+        ]
+        pairs.append(f"| {setting_name} | " + " | ".join(diffs) + " |")
+    return rows, pairs
 
 
 def save_training_figure(
@@ -194,7 +250,13 @@ def save_training_figure(
     axes = fig.subplots(len(groups), 3, squeeze=False)
     for row, (name, group) in zip(axes, groups.items()):
         draw_training(row, group, name, accuracy_label)
-    fig.suptitle(title, fontsize=10)
+    n = max(len(seeds) for g in groups.values() for seeds in by_method(g).values())
+    fig.suptitle(title + (f"\n{BAND_NOTE} (n = {n})" if n > 1 else ""), fontsize=10)
+    save_figure(fig, out_dir, stem)
+
+
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> None:
+    """<stem>.png (130 dpi) and <stem>.pdf in ``out_dir``."""
     fig.savefig(out_dir / f"{stem}.png", dpi=130)
     fig.savefig(out_dir / f"{stem}.pdf")
 
@@ -207,17 +269,58 @@ def write_accuracy_table(
     accuracy_columns: str,
     groups: dict[str, list[Run]],
 ) -> None:
-    """The markdown table of `accuracy_table_rows` per setting, under a heading, the stand-in
-    banner (smoke runs) and `notes`; `accuracy_columns` names the final and best columns."""
+    """The markdown tables of `accuracy_table_rows` per setting (mean ± std over the seeds, then
+    the paired AM-MGD − MGD differences), under a heading, the stand-in banner (smoke runs) and
+    `notes`; `accuracy_columns` names the final and best columns."""
+    rows, pairs = [], []
+    for name, group in groups.items():
+        r, p = accuracy_table_rows(name, group)
+        rows += r
+        pairs += p
+    runs = [r for g in groups.values() for r in g]
     table = [
         f"# {heading}",
         "",
         *([f"**{STAND_IN_BANNER}**", ""] if stand_in else []),
         *notes,
         "",
+        SPREAD_NOTE,
+        seeds_note(runs) + " 'diverged': the run's training loss became NaN or infinite.",
+        "",
         f"| setting | method | {accuracy_columns} | final train loss |",
         "|---|---|---|---|---|",
+        *rows,
     ]
-    for name, group in groups.items():
-        table += accuracy_table_rows(name, group)
+    if pairs:
+        table += [
+            "",
+            "Paired differences AM-MGD − MGD (seed by seed):",
+            "",
+            f"| setting | {accuracy_columns} | final train loss |",
+            "|---|---|---|---|",
+            *pairs,
+        ]
     path.write_text("\n".join(table) + "\n")
+
+
+def make_training_artifact(
+    run_dirs: list[Path],
+    out_dir: Path,
+    stem: str,
+    title: str,
+    notes: list[str],
+    columns: tuple[str, str] = ("final test acc", "best test acc"),
+    accuracy_label: str = "test accuracy (%)",
+) -> tuple[dict[str, list[Run]], str]:
+    """The training figure (<stem>.png|pdf) and table.md of figure4 and figure_imagenet.
+
+    ``columns`` name the final and best accuracy columns. Returns the runs per setting and the
+    stand-in banner ("" unless smoke runs trained on generated images) for further plots.
+    """
+    groups, banner = load_settings(run_dirs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_training_figure(groups, out_dir, stem, f"{title}{banner}", accuracy_label)
+    write_accuracy_table(
+        out_dir / "table.md", title, bool(banner), notes, " | ".join(columns), groups
+    )
+    return groups, banner

@@ -7,6 +7,11 @@ belongs to a sub-figure when its other two values are the experiment's defaults
 the default point of each grid is run once.
 Sub-figures with fewer than two values are left out (the reduced scale sweeps only 7c).
 
+Every point and curve is the mean over the seeds with a min–max band; a diverged seed is left
+out of it and marked. table.md gives mean ± std over the seeds per method and value, the paired
+AM-MGD − MGD difference (same seed) with its 95 % interval, and for 7c the working range per
+seed (the learning rates whose final accuracy is above 50 %).
+
 Writes figure7.png|pdf, figure7c_curves.png|pdf (app. F.2: per learning rate, test accuracy
 and train loss vs epoch, and AM-MGD's beta_t) and table.md.
 """
@@ -23,18 +28,31 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from experiments import Run, load_runs
+from experiments._stats import (
+    BAND_NOTE,
+    SPREAD_NOTE,
+    cell,
+    difference_cell,
+    draw_band,
+    per_seed,
+    seeds_note,
+)
 from experiments._vision import (
     STAND_IN_BANNER,
     STYLE,
     any_stand_in,
     curves,
     diverged,
-    draw_beta,
+    draw_betas,
+    final_accuracy,
+    final_train_loss,
     group_by_setting,
     method,
+    save_figure,
 )
 
 SUBFIGURES = {"a": ("lam", "λ"), "b": ("batch", "batch size"), "c": ("lr", "learning rate")}
+WORKING_ACCURACY = 50.0  # %: a learning rate "works" when the final accuracy is above it (7c)
 
 
 def swept_values(run: Run) -> dict[str, float | None]:
@@ -54,16 +72,16 @@ def at_default(value: float | None, default: float) -> bool:
 
 def select(
     runs: list[Run], key: str, defaults: dict[str, float]
-) -> dict[str, dict[float | None, Run]]:
-    """method -> {value of ``key``: run} for the runs whose other values are the defaults
-    (for ``key="lam"``, MGD's one run at the default lr and batch size is under None)."""
-    chosen: dict[str, dict[float | None, Run]] = defaultdict(dict)
-    for r in runs:
+) -> dict[str, dict[float | None, list[Run]]]:
+    """method -> {value of ``key``: its runs, one per seed} for the runs whose other values are
+    the defaults (for ``key="lam"``, MGD's runs at the default lr and batch size are under None)."""
+    chosen: dict[str, dict[float | None, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for r in sorted(runs, key=lambda r: r.seed):
         v = swept_values(r)
         others = [k for k in ("lr", "lam", "batch") if k != key]
         if all(at_default(v[k], defaults[k]) for k in others):
-            chosen[method(r)][v[key]] = r
-    return chosen
+            chosen[method(r)][v[key]].append(r)
+    return {m: dict(points) for m, points in chosen.items()}
 
 
 def grid_defaults(runs: list[Run]) -> dict[str, float]:
@@ -83,35 +101,54 @@ def grid_defaults(runs: list[Run]) -> dict[str, float]:
     return {"lr": lr, "lam": lam, "batch": batch}
 
 
-def final_accuracy(run: Run) -> float:
-    return 100 * run.final("eval_accuracy")
-
-
-def loss_cell(run: Run | None) -> str:
-    if run is None:
-        return "–"
-    return "diverged" if diverged(run) else f"{curves(run).train_loss[-1]:.4f}"
+def accuracy_band(
+    points: dict[float, list[Run]],
+) -> tuple[list[float], np.ndarray, np.ndarray, np.ndarray, list[float]]:
+    """x values, mean, min and max final accuracy over the seeds that did not diverge, and the
+    x values where at least one seed diverged."""
+    xs, mean, lo, hi, bad = [], [], [], [], []
+    for x in sorted(points):
+        ok = [final_accuracy(r) for r in points[x] if not diverged(r)]
+        if len(ok) < len(points[x]):
+            bad.append(x)
+        if ok:
+            xs.append(x)
+            mean.append(np.mean(ok))
+            lo.append(np.min(ok))
+            hi.append(np.max(ok))
+    return xs, np.asarray(mean), np.asarray(lo), np.asarray(hi), bad
 
 
 def draw_subfigure(
-    ax: Axes, key: str, label: str, by_method: dict[str, dict[float | None, Run]]
+    ax: Axes, key: str, label: str, by_method: dict[str, dict[float | None, list[Run]]]
 ) -> list[str]:
-    """Final accuracy vs the value of ``key`` (x: diverged); returns the sub-figure's table."""
-    am = {x: r for x, r in by_method.get("AM-MGD", {}).items() if x is not None}
-    mgd = {x: r for x, r in by_method.get("MGD", {}).items() if x is not None}
+    """Final accuracy vs the value of ``key``: the mean over the seeds with a min–max band,
+    diverged seeds left out and marked x on the axis. Returns the sub-figure's table: mean ± std
+    per method and the paired AM-MGD − MGD difference per value."""
+    am = {x: rs for x, rs in by_method.get("AM-MGD", {}).items() if x is not None}
+    mgd = {x: rs for x, rs in by_method.get("MGD", {}).items() if x is not None}
     baseline = by_method.get("MGD", {}).get(None)  # 7a: MGD has no lam, one line
     if baseline is not None:
-        ax.axhline(final_accuracy(baseline), label="MGD (no λ)", **STYLE["MGD"])
+        ok = [final_accuracy(r) for r in baseline if not diverged(r)]
+        if ok:
+            ax.axhspan(min(ok), max(ok), color=STYLE["MGD"]["color"], alpha=0.15, lw=0)
+            ax.axhline(float(np.mean(ok)), label="MGD (no λ)", **STYLE["MGD"])
     for m, points in (("AM-MGD", am), ("MGD", mgd)):
         if not points:
             continue
-        xs = sorted(points)
-        ys = [final_accuracy(points[x]) for x in xs]
-        ax.plot(xs, ys, marker="o", label=m, **STYLE[m])
-        bad = [(x, y) for x, y in zip(xs, ys) if diverged(points[x])]
+        xs, mean, lo, hi, bad = accuracy_band(points)
+        (line,) = ax.plot(xs, mean, marker="o", label=m, **STYLE[m])
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
         if bad:
-            bad_x, bad_y = [x for x, _ in bad], [y for _, y in bad]
-            ax.scatter(bad_x, bad_y, marker="x", s=60, color="k", zorder=3)
+            ax.scatter(
+                bad,
+                [0.0] * len(bad),
+                marker="x",
+                s=60,
+                color=line.get_color(),
+                zorder=3,
+                label=f"{m}: a seed diverged (left out)",
+            )
     if key == "lam":
         ax.set_xscale("symlog", linthresh=0.01)  # lam = 0 is on the grid
     elif key == "batch":
@@ -122,16 +159,54 @@ def draw_subfigure(
     ax.legend(fontsize=7)
 
     rows = [
-        f"| {label} | AM-MGD acc | MGD acc | AM-MGD train loss | MGD train loss |",
-        "|---|---|---|---|---|",
+        f"| {label} | AM-MGD acc | MGD acc | AM-MGD − MGD acc (paired) | AM-MGD train loss "
+        "| MGD train loss |",
+        "|---|---|---|---|---|---|",
     ]
     for x in sorted(set(am) | set(mgd)):
         pair = (am.get(x), baseline if key == "lam" else mgd.get(x))
-        acc = [f"{final_accuracy(r):.2f}" if r is not None else "–" for r in pair]
-        rows.append(
-            f"| {x:g} | {acc[0]} | {acc[1]} | {loss_cell(pair[0])} | {loss_cell(pair[1])} |"
-        )
+        acc = [per_seed(rs, final_accuracy) if rs else None for rs in pair]
+        loss = [cell(per_seed(rs, final_train_loss), 4) if rs else "–" for rs in pair]
+        diff = difference_cell(acc[0], acc[1], 2) if acc[0] and acc[1] else "–"
+        accs = [cell(a, 2) if a else "–" for a in acc]
+        rows.append(f"| {x:g} | {accs[0]} | {accs[1]} | {diff} | {loss[0]} | {loss[1]} |")
     return rows
+
+
+def working_range(by_method: dict[str, dict[float | None, list[Run]]]) -> list[str]:
+    """7c's working range per seed: the learning rates whose final accuracy is above
+    ``WORKING_ACCURACY`` (a diverged run is not working), counted per seed; mean ± std of the
+    counts per method and the paired AM-MGD − MGD difference."""
+    counts: dict[str, dict[int, float]] = {}
+    lines = []
+    for m in ("AM-MGD", "MGD"):
+        points = {x: rs for x, rs in by_method.get(m, {}).items() if x is not None}
+        if not points:
+            continue
+        working: dict[int, list[float]] = defaultdict(list)
+        for x in sorted(points):
+            for seed, acc in per_seed(points[x], final_accuracy).items():
+                working.setdefault(seed, [])
+                if acc > WORKING_ACCURACY:  # NaN (diverged) is not
+                    working[seed].append(x)
+        counts[m] = {seed: float(len(xs)) for seed, xs in working.items()}
+        per = "; ".join(
+            f"seed {s}: " + (f"{xs[0]:g}–{xs[-1]:g} ({len(xs)})" if xs else "none")
+            for s, xs in sorted(working.items())
+        )
+        lines.append(f"| {m} | {cell(counts[m], 2)} | {per} |")
+    if set(counts) == {"AM-MGD", "MGD"}:
+        diff = difference_cell(counts["AM-MGD"], counts["MGD"], 2)
+        lines.append(f"| AM-MGD − MGD (paired) | {diff} | |")
+    grid = sorted({x for p in by_method.values() for x in p if x is not None})
+    return [
+        f"Working range: the learning rates of the grid ({', '.join(f'{x:g}' for x in grid)}) "
+        f"whose final accuracy is above {WORKING_ACCURACY:g} %, counted per seed.",
+        "",
+        "| method | learning rates that work (count) | per seed: lowest–highest (count) |",
+        "|---|---|---|",
+        *lines,
+    ]
 
 
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
@@ -158,19 +233,25 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         f"λ {defaults['lam']:g}, batch size {defaults['batch']:g}. MGD: torch SGD, momentum",
         "0.9, dampening 0.9. Accuracy on the eval data (CIFAR: test set; MNIST: the held-out",
         "validation images) after the last step. Train loss: mean of the last epoch's logged",
-        "batch losses; 'diverged': the final train loss is NaN or infinite.",
+        "batch losses; 'diverged': the run's training loss became NaN or infinite.",
+        "",
+        SPREAD_NOTE,
+        seeds_note(runs),
     ]
     for row, (name, per_sub) in zip(axes, panels.items()):
         for ax, sub in zip(row, subs):
             key, label = SUBFIGURES[sub]
             table += ["", f"## 7{sub}: {name}, {label}", ""]
             table += draw_subfigure(ax, key, label, per_sub[sub])
+            if sub == "c":
+                table += ["", *working_range(per_sub[sub])]
             ax.set(ylabel="final test accuracy (%)", title=f"7{sub}: {name}")
     fig.suptitle(
-        f"Figure 7 ({scale} scale): ablations, no lr schedule (x: diverged){banner}", fontsize=10
+        f"Figure 7 ({scale} scale): ablations, no lr schedule\n{BAND_NOTE}; "
+        f"x at 0: a seed diverged, left out of the mean{banner}",
+        fontsize=10,
     )
-    fig.savefig(out_dir / "figure7.png", dpi=130)
-    fig.savefig(out_dir / "figure7.pdf")
+    save_figure(fig, out_dir, "figure7")
     (out_dir / "table.md").write_text("\n".join(table) + "\n")
 
     # App. F.2: the curves behind 7c, and beta_t per learning rate.
@@ -180,21 +261,20 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         lrs = sorted({lr for p in per_sub["c"].values() for lr in p if lr is not None})
         colours = colormaps["viridis"](np.linspace(0, 0.9, max(len(lrs), 1)))
         for m, points in per_sub["c"].items():
-            for lr, r in sorted((x, r) for x, r in points.items() if x is not None):
-                c, colour = curves(r), colours[lrs.index(lr)]
-                ls = STYLE.get(m, {}).get("ls", "-")
+            for lr in sorted(x for x in points if x is not None):
+                ok = [curves(r) for r in points[lr] if not diverged(r)]
+                bad = len(points[lr]) - len(ok)
+                style = {"color": colours[lrs.index(lr)], "ls": STYLE.get(m, {}).get("ls", "-")}
                 legend = f"lr {lr:g}" if m == "AM-MGD" else None
-                ax_loss.plot(c.train_x, c.train_loss, label=legend, color=colour, ls=ls)
-                ax_acc.plot(
-                    c.eval_x, c.eval_accuracy, marker=".", label=legend, color=colour, ls=ls
-                )
+                draw_band(ax_loss, [(c.train_x, c.train_loss) for c in ok], bad, legend, **style)
+                acc = [(c.eval_x, c.eval_accuracy) for c in ok]
+                draw_band(ax_acc, acc, bad, legend, marker=".", **style)
                 if m == "AM-MGD":
-                    draw_beta(ax_beta, c, color=colour, label=legend)
+                    draw_betas(ax_beta, ok, color=style["color"], label=legend)
         ax_loss.set(yscale="log", xlabel="epoch", ylabel="train loss", title=name)
         ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="AM-MGD solid, MGD dashed")
         ax_beta.set(xlabel="epoch", title="AM-MGD β_t (dark: epoch mean)")
         ax_acc.legend(fontsize=6, ncol=2)
         ax_beta.legend(fontsize=6, ncol=2)
-    fig.suptitle(f"Figure 7c curves, app. F.2 ({scale} scale){banner}", fontsize=10)
-    fig.savefig(out_dir / "figure7c_curves.png", dpi=130)
-    fig.savefig(out_dir / "figure7c_curves.pdf")
+    fig.suptitle(f"Figure 7c curves, app. F.2 ({scale} scale)\n{BAND_NOTE}{banner}", fontsize=10)
+    save_figure(fig, out_dir, "figure7c_curves")

@@ -1,7 +1,9 @@
 """Table 5 (paper app. D.3): AM-AdamW with one global beta ("shared") vs one per tensor.
 
 Rows: shared and per-layer beta; one column per model size and warmup regime: final C4
-evaluation loss, with the final smoothed training loss. Writes table5.md.
+evaluation loss / final smoothed training loss, each mean ± std over the seeds. A last row
+gives the paired (same seed) difference per-layer − shared of the evaluation loss with its 95 %
+interval. Writes table5.md.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from experiments import load_runs
-from experiments._llm import by_size, final_train_loss, num, regime, warmup
+from experiments._llm import by_cell, eval_losses, final_train_loss, warmup
+from experiments._stats import SPREAD_NOTE, cell, difference_cell, per_seed, seeds_note
 
 # declared method label -> row
 ROWS = {"am_adamw": "Shared (global β)", "am_adamw_per_layer": "Per-layer (β per tensor)"}
@@ -17,28 +20,40 @@ ROWS = {"am_adamw": "Shared (global β)", "am_adamw_per_layer": "Per-layer (β p
 
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     runs = load_runs(run_dirs)
-    columns = [
-        (size, reg)
-        for size, group in by_size(runs).items()
-        for reg in sorted({regime(r) for r in group}, key=lambda x: x == "no warmup")
-    ]
+    cells = by_cell(runs)
+    sizes = list(dict.fromkeys(size for size, _, _ in cells))  # smallest first
+    columns = sorted({(size, w) for size, _, w in cells}, key=lambda c: (sizes.index(c[0]), -c[1]))
     lines = [
         f"# Table 5 ({scale} scale): AM-AdamW, shared vs per-layer β: "
-        "final eval loss (final smoothed training loss)",
+        "final eval loss / final smoothed training loss",
         "",
-        "| β | " + " | ".join(f"LLaMA {s}, {reg}" for s, reg in columns) + " |",
+        SPREAD_NOTE,
+        seeds_note(runs),
+        "",
+        "| β | "
+        + " | ".join(f"LLaMA {s}, {f'warmup {w}' if w else 'no warmup'}" for s, w in columns)
+        + " |",
         "|---" * (len(columns) + 1) + "|",
     ]
     for label_key, label in ROWS.items():
-        cells = []
-        for size, reg in columns:
-            match = [r for r in by_size(runs)[size] if regime(r) == reg and r.method == label_key]
-            cells.append(
-                f"{num(match[0].final('eval_loss'))} ({num(final_train_loss(match[0]))})"
-                if match
+        row = []
+        for size, w in columns:
+            seeds = cells.get((size, label_key, w))
+            row.append(
+                f"{cell(eval_losses(seeds))} / {cell(per_seed(seeds, final_train_loss))}"
+                if seeds
                 else "–"
             )
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    diffs = []
+    for size, w in columns:
+        shared, per_layer = (cells.get((size, m, w)) for m in ROWS)
+        diffs.append(
+            difference_cell(eval_losses(per_layer), eval_losses(shared))
+            if shared and per_layer
+            else "–"
+        )
+    lines.append("| per-layer − shared, eval loss (paired) | " + " | ".join(diffs) + " |")
     lines += ["", f"Warmup steps: {sorted({warmup(r) for r in runs}, reverse=True)}."]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "table5.md").write_text("\n".join(lines) + "\n")

@@ -339,12 +339,19 @@ def test_figure4_smoke(tmp_path: Path) -> None:
     out_dir = reproduce("figure4", tmp_path)
     table = (out_dir / "table.md").read_text()
     assert "SMOKE PLUMBING CHECK" in table  # stand-in data is labelled as such
-    rows = [line for line in table.splitlines() if "(stand-in) |" in line]
+    main, paired = table.split("Paired differences")
+    rows = [line for line in main.splitlines() if "(stand-in) |" in line]
     assert len(rows) == 4  # 2 data sets x (AM-MGD, MGD)
     for row in rows:
-        _, setting, method, final, best, loss, _ = row.split("|")
+        _, setting, method, *cells, _ = row.split("|")
         assert method.strip() in {"AM-MGD", "MGD"}
-        assert 0 <= float(final) <= float(best) <= 100 and float(loss) > 0
+        # one seed at smoke scale: each cell is "value (n=1)"
+        assert all(c.strip().endswith(" (n=1)") for c in cells)
+        final, best, loss = (float(c.split()[0]) for c in cells)
+        assert 0 <= final <= best <= 100 and loss > 0
+    # one paired AM-MGD − MGD row per data set (no interval from one seed)
+    assert len([line for line in paired.splitlines() if "(stand-in) |" in line]) == 2
+    assert "(n=1, no interval)" in paired
     runs = sorted((tmp_path / "runs" / "figure4" / "smoke").glob("*/summary.json"))
     assert len(runs) == 4
     cfg = OmegaConf.load(runs[0].parent / "config.yaml")
@@ -360,11 +367,14 @@ def test_figure7_smoke(tmp_path: Path) -> None:
     sections = [line for line in table.splitlines() if line.startswith("## 7")]
     assert [s[:5] for s in sections] == ["## 7a", "## 7b", "## 7c"]
     # 7c: both methods at both learning rates (lam and batch size at their defaults)
-    c = table.split("## 7c")[1].splitlines()
+    c7, working = table.split("## 7c")[1].split("Working range")
     values = [
-        line.split("|")[1].strip() for line in c if line.startswith("| ") and "acc" not in line
+        line.split("|")[1].strip()
+        for line in c7.splitlines()
+        if line.startswith("| ") and "acc" not in line
     ]
     assert values == ["0.1", "1"]
+    assert "above 50 %" in working and "| AM-MGD − MGD (paired) |" in working
 
 
 @pytest.mark.slow
