@@ -15,7 +15,7 @@ Writes:
 
 A curve stops, and AM-MGD's β_t turns grey, where f − f* reaches the rounding level of f*
 (``experiments._stepsize.rounding_level``); the tables say "≤ rounding" from there on, and
-comparisons count such gaps as ties. The runs are full-batch and deterministic: one run per
+comparisons count such gaps as ties (β* and best c: the run that reached it first). The runs are full-batch and deterministic: one run per
 setting, no spread (``seeds: deterministic`` in the config).
 """
 
@@ -78,6 +78,13 @@ def rank(run: Run, t: int) -> float:
     return score(run, t)
 
 
+def pick(run: Run, t: int) -> tuple[float, float]:
+    """What "best" (β*, best c) minimises: ``rank``, and among runs tied at the rounding level
+    of f*, the one that reached it first (the grid's order would be an arbitrary pick)."""
+    start = rounded_from(run)
+    return rank(run, t), math.inf if start is None or start > t else float(start)
+
+
 @dataclass
 class SetRuns:
     """One data set's runs, by the `method` label of their sweep block."""
@@ -118,8 +125,9 @@ def collect(runs: list[Run]) -> dict[str, SetRuns]:
 
 
 def beta_star(grid: dict[float, Run], t: int) -> float | None:
-    """The momentum of the grid with the lowest gap at iteration t (None: no grid)."""
-    return min(grid, key=lambda b: rank(grid[b], t)) if grid else None
+    """The momentum of the grid with the lowest gap at iteration t (None: no grid); ties at the
+    rounding level go to the one that reached it first."""
+    return min(grid, key=lambda b: pick(grid[b], t)) if grid else None
 
 
 def chosen_at(s: SetRuns, c: float, t: int) -> tuple[dict[str, Run], float | None]:
@@ -139,14 +147,14 @@ def best_step(points: dict[float, Run], t: int) -> tuple[float, Run] | None:
     """(c, run) with the lowest gap at t over the step sizes (None: no runs)."""
     if not points:
         return None
-    c = min(points, key=lambda c: rank(points[c], t))
+    c = min(points, key=lambda c: pick(points[c], t))
     return c, points[c]
 
 
 def best_of_grid(s: SetRuns, t: int) -> tuple[float, float, Run] | None:
     """(c, β, run): MGD's best over every step size and momentum."""
     pairs = [(c, b, r) for c, grid in s.grid.items() for b, r in grid.items()]
-    return min(pairs, key=lambda p: rank(p[2], t)) if pairs else None
+    return min(pairs, key=lambda p: pick(p[2], t)) if pairs else None
 
 
 def panel_grid(fig: Figure, n: int) -> tuple[Any, int]:
@@ -351,7 +359,8 @@ def stepsize_tables(sets: dict[str, SetRuns], ts: list[int], scale: str) -> list
         "",
         DETERMINISTIC,
         "",
-        ROUNDING_NOTE.removesuffix(".") + " (β*, best c, 'ahead').",
+        ROUNDING_NOTE.removesuffix(".") + " ('ahead'); β* and the best c then go to the run "
+        "that reached it first.",
     ]
     for t in ts:
         lines += [
