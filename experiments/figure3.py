@@ -341,8 +341,8 @@ def gap_ratio(a: Run, b: Run, t: int) -> str:
     if not (math.isfinite(ga) and math.isfinite(gb) and gb > 0):
         return "–"
     rounded = (at_rounding(a, t), at_rounding(b, t))
-    if all(rounded):
-        return f"tie ({ROUNDED})"
+    if all(rounded):  # both at f* to rounding: say which got there first
+        return f"tie ({ROUNDED} from iteration {rounded_from(a)} vs {rounded_from(b)})"
     return {(True, False): "≤ ", (False, True): "≥ "}.get(rounded, "") + f"{ga / gb:.2g}"
 
 
