@@ -26,6 +26,19 @@ def shared_data() -> Path:
     return path
 
 
+C4_SAMPLE = "c4_en_sample/c4-sample.00000-of-00001.json.gz"
+C4_TOKENIZER = "tokenizer_llama2_32k/tokenizer.model"
+
+
+@pytest.fixture(scope="session")
+def c4_files(shared_data: Path) -> dict[str, str]:
+    """The shared C4 sample and LLaMA tokenizer as ``C4Data`` arguments, else skip."""
+    sample, tokenizer = shared_data / C4_SAMPLE, shared_data / C4_TOKENIZER
+    if not (sample.is_file() and tokenizer.is_file()):
+        pytest.skip(f"C4 sample or tokenizer missing in {shared_data}")
+    return {"data_files": str(sample), "tokenizer": str(tokenizer)}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _shared_data_dir_by_default() -> Iterator[None]:
     """Set ``AMM_DATA_DIR`` to the shared folder when unset, as ``make test`` does (Makefile).

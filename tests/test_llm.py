@@ -40,21 +40,11 @@ SIZES = {
     "llama_350m": (1024, 2736, 16, 24, 367_969_280),
     "llama_1b": (2048, 5461, 32, 24, 1_339_082_752),
 }
-SAMPLE = "c4_en_sample/c4-sample.00000-of-00001.json.gz"
-TOKENIZER = "tokenizer_llama2_32k/tokenizer.model"
 
 
 def galore_count(h: int, i: int, layers: int, vocab: int = VOCAB) -> int:
     """Embedding + output layer + per layer (q, k, v, o; gate, up, down; 2 RMSNorms) + final norm."""
     return 2 * vocab * h + layers * (4 * h * h + 3 * h * i + 2 * h) + h
-
-
-@pytest.fixture(scope="module")
-def c4_files(shared_data: Path) -> dict[str, str]:
-    sample, tokenizer = shared_data / SAMPLE, shared_data / TOKENIZER
-    if not (sample.is_file() and tokenizer.is_file()):
-        pytest.skip(f"C4 sample or tokenizer missing in {shared_data}")
-    return {"data_files": str(sample), "tokenizer": str(tokenizer)}
 
 
 @pytest.fixture(scope="module")

@@ -112,10 +112,8 @@ LLM = [
 
 
 @pytest.fixture(scope="module")
-def llm_runs(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> list[Path]:
+def llm_runs(tmp_path_factory: pytest.TempPathFactory, c4_files: dict[str, str]) -> list[Path]:
     """AdamW and AM-AdamW, warmup 2 and none, seeds 0 and 1: 8 runs of 8 steps."""
-    if not (shared_data / "c4_en_sample").is_dir():
-        pytest.skip("the shared C4 sample is missing")
     root = tmp_path_factory.mktemp("llm")
     run_dirs = []
     with pytest.MonkeyPatch.context() as patch:
