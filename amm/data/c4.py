@@ -120,6 +120,10 @@ class C4Data:
             ``val_docs`` documents of ``data_files`` instead.
         val_docs: documents held out for evaluation when there are no validation files
             (unused with the hub, which has a validation split).
+        train_vocab: None keeps the tokenizer's vocabulary; a number trains a new one of that
+            size on the training documents, with the tokenizer's own rules (the ``tokenizers``
+            BPE trainer, deterministic). Small models learn a small vocabulary in far fewer
+            tokens (the output layer is most of their compute): the reduced LLM scale uses it.
         seq_len: tokens per block (paper: 256).
         batch_size: blocks per step over all ranks (paper: 1024).
         eval_tokens: validation tokens to evaluate on (rounded down to whole eval batches).
@@ -135,6 +139,7 @@ class C4Data:
         data_files: str | list[str] | None = None,
         val_data_files: str | list[str] | None = None,
         val_docs: int = 0,
+        train_vocab: int | None = None,
         seq_len: int = 256,
         batch_size: int = 1024,
         eval_tokens: int = 10_000_000,
@@ -148,6 +153,12 @@ class C4Data:
         if seq_len < 2 or batch_size < 1 or eval_batch_size < 1:
             raise ValueError(
                 f"need seq_len >= 2 and batch sizes >= 1, got {seq_len=}, {batch_size=}"
+            )
+        if train_vocab is not None and data_files is None:
+            raise ValueError(
+                "dataset.train_vocab trains a vocabulary on the training documents, which needs "
+                "local files: set dataset.data_files (or use dataset=c4_sample); the hub's C4 is "
+                "a stream without an end"
             )
         self.seq_len, self.batch_size = int(seq_len), int(batch_size)
         self.eval_tokens, self.eval_batch_size = int(eval_tokens), int(eval_batch_size)
@@ -172,12 +183,22 @@ class C4Data:
                 if val_docs < 1:
                     raise ValueError("local data without val_data_files needs val_docs >= 1")
                 self.train_docs, self.val_docs = docs.skip(val_docs), docs.take(val_docs)
+        if train_vocab is not None:
+            self.tokenizer = self.tokenizer.train_new_from_iterator(
+                (doc["text"] for doc in self.train_docs), vocab_size=int(train_vocab)
+            )
+            self.eos = self.tokenizer.eos_token_id  # the special tokens carry over
         self._eval: list[Batch] | None = None
 
         self.info: dict[str, Any] = {
             "dataset": "c4",
             "source": self.source,
             "vocab_size": len(self.tokenizer),
+            "tokenizer": (
+                f"BPE, {len(self.tokenizer)} tokens trained on the training documents"
+                if train_vocab is not None
+                else str(tokenizer)
+            ),
             "eos_token_id": self.eos,
             "seq_len": self.seq_len,
             "batch_size": self.batch_size,
