@@ -150,6 +150,7 @@ def test_blocks_pack_documents_with_eos(
         "dataset": "c4",
         "source": None,
         "vocab_size": VOCAB,
+        "tokenizer": c4_files["tokenizer"],  # the tokenizer file (or the trained vocabulary)
         "eos_token_id": 2,
         "seq_len": 64,
         "batch_size": 8,
