@@ -17,10 +17,10 @@ TOKENIZER = "tokenizer_llama2_32k/tokenizer.model"
 
 @pytest.fixture(scope="module")
 def files(shared_data: Path) -> dict[str, str]:
-    sample, tokenizer = shared_data / SAMPLE, shared_data / TOKENIZER
-    if not (sample.is_file() and tokenizer.is_file()):
-        pytest.skip(f"C4 sample or tokenizer missing in {shared_data}")
-    return {"data_files": str(sample), "tokenizer": str(tokenizer)}
+    paths = {"data_files": shared_data / SAMPLE, "tokenizer": shared_data / TOKENIZER}
+    if missing := [str(p) for p in paths.values() if not p.is_file()]:
+        pytest.skip(f"not in the shared data folder: {missing}")
+    return {key: str(path) for key, path in paths.items()}
 
 
 def sample(files: dict[str, str], **kwargs: object) -> C4Data:
