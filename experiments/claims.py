@@ -30,9 +30,18 @@ import numpy as np
 from scipy.stats import binomtest
 
 from experiments import Run, load_runs
-from experiments._llm import size_label, time_per_iteration, warmup
-from experiments._stats import CONFIDENCE, Estimate, estimate, paired_difference, verdict
-from experiments._stepsize import budgets, diverged, gap_at, lr_scale
+from experiments._llm import final_eval_loss, size_label, time_per_iteration, warmup
+from experiments._stats import (
+    CONFIDENCE,
+    Estimate,
+    combine,
+    estimate,
+    paired_difference,
+    per_seed,
+    run_diverged,
+    verdict,
+)
+from experiments._stepsize import ROUNDING_K, budgets, diverged, gap_at, lr_scale, rounding_level
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
@@ -43,7 +52,6 @@ ABLATION_MARGIN = 1.0  # percentage points of test accuracy: "robust to lambda /
 OVERHEAD_LIMIT = 0.5  # percent: "overhead per iteration under 0.5 %"
 WORKING_FRACTION = 0.9  # an lr "trains" when its final accuracy is >= 90 % of the grid's best
 TIE_RATIO = 1.01  # convex: f - f* within 1 % of each other is a tie
-GAP_RESOLUTION = 1e-12  # convex: f - f* below 1e-12 x max(1, |f*|) is "at f*" (rounding)
 STAND_IN = " (stand-in data)"  # a setting on generated data (smoke): a plumbing check
 
 
@@ -71,7 +79,8 @@ a run): the unit of replication is the problem (data set). Per problem the outco
 `scipy.stats.binomtest`): **supported** when the interval is above 1/2, **not supported**
 when it is below 1/2, **inconclusive** otherwise (e.g. 6 of 7 problems:
 [{six_of_seven.lo:.2f}, {six_of_seven.hi:.2f}]). f − f* is read at the runs' last iterate; two gaps within
-{TIE_RATIO - 1:.0%} of each other, both below {GAP_RESOLUTION:g} × max(1, |f*|) (rounding), or
+{TIE_RATIO - 1:.0%} of each other, both at the rounding level of f* ({ROUNDING_K} eps |f*|,
+`experiments._stepsize.rounding_level`), or
 both diverged are ties; a diverged run is behind one that did not. These rows use the
 step-size axis lr = c / L: the verdict shown is **each method at its own best c** (its lowest
 f − f*), and the verdict at every single c is listed with it.
@@ -155,7 +164,7 @@ MAIN_FILE = {
 }
 
 
-def combine(verdicts: Iterable[str]) -> str:
+def combine_verdicts(verdicts: Iterable[str]) -> str:
     """The rule for several settings of one claim (stated in ``rule_text``)."""
     found = list(verdicts)
     if not found:
@@ -168,19 +177,9 @@ def combine(verdicts: Iterable[str]) -> str:
 # ---------------------------------------------------------------- seeded (stochastic) claims
 
 
-def final_value(run: Run, key: str, scale: float = 1.0) -> float:
-    """The summary's ``key`` times ``scale``; NaN when the run diverged."""
-    return math.nan if run.summary.get("diverged") else scale * run.final(key)
-
-
-def per_seed(runs: Iterable[Run], value: Callable[[Run], float]) -> dict[int, float]:
-    """{seed: value}; two runs of one seed in one cell is an error (a sweep mixed up)."""
-    out: dict[int, float] = {}
-    for r in runs:
-        if r.seed in out:
-            raise ValueError(f"two runs of seed {r.seed} in one comparison cell (e.g. {r.dir})")
-        out[r.seed] = value(r)
-    return out
+def accuracy(run: Run) -> float:
+    """Final evaluation accuracy in percent."""
+    return 100.0 * run.final("eval_accuracy")
 
 
 @dataclass
@@ -224,7 +223,7 @@ def fill(row: Row, comparisons: list[Comparison], what: str) -> Row:
     row.effect = f"{what}<br>" + "<br>".join(c.text() for c in comparisons)
     seeds = sorted({c.diff.n for c in comparisons})
     row.n = f"{'/'.join(map(str, seeds))} seeds × {len(comparisons)} setting(s)"
-    row.verdict = combine(c.verdict for c in comparisons)
+    row.verdict = combine_verdicts(c.verdict for c in comparisons)
     return row
 
 
@@ -281,8 +280,7 @@ def claim_vision(src: Sources, row: Row) -> Row:
     """Figure 4 (CIFAR; reduced: MNIST) and the ImageNet figure, where made."""
     found, notes = runs_of(src, row.artifacts)
     groups = cells((r for runs in found.values() for r in runs), vision_setting)
-    acc = lambda r: final_value(r, "eval_accuracy", 100.0)  # noqa: E731
-    pairs = method_pairs(groups, "am_mgd", "mgd", acc, better="higher")
+    pairs = method_pairs(groups, "am_mgd", "mgd", accuracy, better="higher")
     what = "final evaluation accuracy, AM-MGD − MGD (percentage points):"
     return fill(row, pairs, " ".join([what, *(f"({n})" for n in notes)]))
 
@@ -308,15 +306,13 @@ def working_lrs(runs: list[Run], lrs: list[float], threshold: float) -> dict[int
     works: dict[int, float] = defaultdict(float)
     for r in runs:
         if float(r.cfg.optimizer.lr) in lrs:
-            works[r.seed] += final_value(r, "eval_accuracy") >= threshold
+            works[r.seed] += not run_diverged(r) and accuracy(r) >= threshold
     return works
 
 
-def gain(am: list[Run], base: list[Run], value: Callable[[Run], float]) -> dict[int, float]:
-    """{seed: value of AM's run - value of the baseline's run of that seed}."""
-    a, b = per_seed(am, value), per_seed(base, value)
-    paired_difference(a, b)  # the same seeds on both sides, or a clear error
-    return {s: a[s] - b[s] for s in a}
+def gain(am: list[Run], base: list[Run]) -> dict[int, float]:
+    """{seed: AM's accuracy - the baseline's, same seed} (NaN where either diverged)."""
+    return combine(per_seed(am, accuracy), per_seed(base, accuracy), lambda a, b: a - b)
 
 
 def claim_lr_range(src: Sources, row: Row) -> Row:
@@ -326,14 +322,14 @@ def claim_lr_range(src: Sources, row: Row) -> Row:
     for setting, methods in sorted(cells(grid, vision_setting).items()):
         if not {"am_mgd", "mgd"} <= set(methods):
             continue
-        accs = [final_value(r, "eval_accuracy") for rs in methods.values() for r in rs]
+        accs = [accuracy(r) for rs in methods.values() for r in rs if not run_diverged(r)]
         best = max((a for a in accs if math.isfinite(a)), default=math.nan)
         lrs = sorted(
             {float(r.cfg.optimizer.lr) for r in methods["am_mgd"]}
             & {float(r.cfg.optimizer.lr) for r in methods["mgd"]}
         )
 
-        label = f"{setting}, {len(lrs)} lrs {lrs[0]:g}–{lrs[-1]:g}, threshold {WORKING_FRACTION * best:.1%}"
+        label = f"{setting}, {len(lrs)} lrs {lrs[0]:g}–{lrs[-1]:g}, threshold {WORKING_FRACTION * best:.1f} %"
         comparisons.append(
             compare(
                 label,
@@ -359,19 +355,18 @@ def claim_ablation(src: Sources, row: Row, free: str) -> Row:
         if free == "lam"
         else (lambda r: float(r.cfg.dataset.batch_size))
     )
-    acc = lambda r: final_value(r, "eval_accuracy", 100.0)  # noqa: E731
     comparisons = []
     for setting, methods in sorted(cells(grid, vision_setting).items()):
         am = defaultdict(list)
         for r in methods.get("am_mgd", []):
             am[value_of(r)].append(r)
-        base = per_seed(am.get(defaults[free], []), acc)
+        base = per_seed(am.get(defaults[free], []), accuracy)
         if free == "lam":
             for v in sorted(set(am) - {defaults[free]}):
                 comparisons.append(
                     compare(
                         f"{setting}, λ={v:g} vs λ={defaults[free]:g}",
-                        per_seed(am[v], acc),
+                        per_seed(am[v], accuracy),
                         base,
                         better="higher",
                         margin=ABLATION_MARGIN,
@@ -386,8 +381,8 @@ def claim_ablation(src: Sources, row: Row, free: str) -> Row:
             comparisons.append(
                 compare(
                     f"{setting}, batch {v:g} vs {defaults[free]:g}",
-                    gain(am[v], mgd[v], acc),
-                    gain(am[defaults[free]], mgd[defaults[free]], acc),
+                    gain(am[v], mgd[v]),
+                    gain(am[defaults[free]], mgd[defaults[free]]),
                     better="higher",
                     margin=ABLATION_MARGIN,
                 )
@@ -406,13 +401,9 @@ def claim_ablation(src: Sources, row: Row, free: str) -> Row:
     return fill(row, comparisons, what)
 
 
-def eval_loss(run: Run) -> float:
-    return final_value(run, "eval_loss")
-
-
 def claim_llm(src: Sources, row: Row) -> Row:
     groups = cells(src.runs("figure5"), llm_setting)
-    found = method_pairs(groups, "am_adamw", "adamw", eval_loss, better="lower")
+    found = method_pairs(groups, "am_adamw", "adamw", final_eval_loss, better="lower")
     return fill(row, found, "final evaluation loss, AM-AdamW − AdamW (nats):")
 
 
@@ -426,8 +417,8 @@ def claim_warmup(src: Sources, row: Row) -> Row:
             comparisons.append(
                 compare(
                     f"{size}",
-                    per_seed(am, eval_loss),
-                    per_seed(adamw, eval_loss),
+                    per_seed(am, final_eval_loss),
+                    per_seed(adamw, final_eval_loss),
                     better="lower",
                     margin=WARMUP_MARGIN,
                 )
@@ -441,7 +432,7 @@ def claim_warmup(src: Sources, row: Row) -> Row:
 
 def claim_per_layer(src: Sources, row: Row) -> Row:
     groups = cells(src.runs("table5"), llm_setting)
-    found = method_pairs(groups, "am_adamw_per_layer", "am_adamw", eval_loss, better="lower")
+    found = method_pairs(groups, "am_adamw_per_layer", "am_adamw", final_eval_loss, better="lower")
     return fill(row, found, "final evaluation loss, per-layer β − global β (nats):")
 
 
@@ -449,8 +440,8 @@ def claim_restarts(src: Sources, row: Row) -> Row:
     """Clip (beta >= beta_min: no soft restarts) loses part of AM's gain (AM better than Clip)
     but keeps part of it (Clip better than AdamW)."""
     groups = cells(src.runs("table6"), llm_setting)
-    lost = method_pairs(groups, "am_adamw", "am_adamw_clip", eval_loss, better="lower")
-    kept = method_pairs(groups, "am_adamw_clip", "adamw", eval_loss, better="lower")
+    lost = method_pairs(groups, "am_adamw", "am_adamw_clip", final_eval_loss, better="lower")
+    kept = method_pairs(groups, "am_adamw_clip", "adamw", final_eval_loss, better="lower")
     for c in lost:
         c.setting = f"AM-AdamW − Clip, {c.setting}"
     for c in kept:
@@ -469,8 +460,7 @@ def claim_overhead(src: Sources, row: Row) -> Row:
             continue
         am = per_seed(methods["am_adamw"], time_per_iteration)
         adamw = per_seed(methods["adamw"], time_per_iteration)
-        paired_difference(am, adamw)  # the same seeds on both sides, or a clear error
-        pct = estimate(100.0 * (am[s] / adamw[s] - 1.0) for s in sorted(am))
+        pct = estimate(combine(am, adamw, lambda a, b: 100.0 * (a / b - 1.0)).values())
         comparisons.append(
             Comparison(setting, pct, verdict(pct, better="lower", margin=OVERHEAD_LIMIT))
         )
@@ -518,10 +508,6 @@ def sign_test(outcomes: Iterable[int]) -> SignTest:
     return SignTest(ahead, behind, ties, float(ci.low), float(ci.high), v)
 
 
-def resolution(run: Run) -> float:
-    return GAP_RESOLUTION * max(1.0, abs(float(run.summary.get("fstar") or 0.0)))
-
-
 def final_gap(run: Run, t: int) -> float:
     """f(x_t) - f*, inf when the run diverged by t, at least the rounding level."""
     if diverged(run, t):
@@ -529,7 +515,17 @@ def final_gap(run: Run, t: int) -> float:
     g = gap_at(run, t)
     if math.isnan(g):
         raise ValueError(f"run {run.dir} has no record of iteration {t}")
-    return max(g, resolution(run))
+    return max(g, rounding_level(run))
+
+
+def ratio_of(am: float, base: float) -> float:
+    """AM's gap / the baseline's: 0 when only the baseline diverged, 1 when both are 0 (f* = 0
+    reached to the last bit), inf when only the baseline is 0."""
+    if am == base:
+        return 1.0
+    if not math.isfinite(base):
+        return 0.0
+    return am / base if base > 0 else math.inf
 
 
 def outcome(am: float, base: float, factor: float = 1.0) -> int:
@@ -537,7 +533,7 @@ def outcome(am: float, base: float, factor: float = 1.0) -> int:
     0 a tie. ``factor`` > 1 is "at most factor x worse" (then only worse counts against)."""
     if am == base:  # both at the rounding level, or both diverged
         return 0
-    ratio = am / base if math.isfinite(base) else 0.0
+    ratio = ratio_of(am, base)
     if factor > 1.0:
         return 1 if ratio <= factor else -1
     return 1 if ratio < 1 / TIE_RATIO else -1 if ratio > TIE_RATIO else 0
@@ -581,15 +577,15 @@ def claim_convex(src: Sources, row: Row, against: str) -> Row:
                 base[c], beta[c] = g, b
         for c in sorted(set(am) & set(base)):
             per_c[c].append(outcome(am[c], base[c], factor))
-            ratios[c].append(am[c] / base[c])
+            ratios[c].append(ratio_of(am[c], base[c]))
         if am and base:
             (ca, ga), (cb, gb) = best(am), best(base)
             best_outcomes.append(outcome(ga, gb, factor))
-            best_ratios.append(ga / gb)
+            best_ratios.append(ratio_of(ga, gb))
             mgd = f"{gb:.2e} (c={cb:g}" + (f", β={beta[cb]:g})" if against == "beta*" else ")")
             sign = {1: "ahead" if factor == 1.0 else "within", -1: "behind", 0: "tie"}
             picks.append(
-                f"| {name} | {ga:.2e} (c={ca:g}) | {mgd} | {ga / gb:.3g} | "
+                f"| {name} | {ga:.2e} (c={ca:g}) | {mgd} | {ratio_of(ga, gb):.3g} | "
                 f"{sign[best_outcomes[-1]]} |"
             )
     if not best_outcomes:
@@ -615,8 +611,8 @@ def claim_convex(src: Sources, row: Row, against: str) -> Row:
         ),
         f"| each at its best c | {overall.text()} | {median(best_ratios)} | {overall.verdict} |",
         "",
-        "Each method at its best c, per data set (f − f* at the rounding level shows as "
-        f"{GAP_RESOLUTION:.0e}; inf: diverged):",
+        "Each method at its best c, per data set (f − f* at the rounding level of f* shows as "
+        "that level; inf: diverged):",
         "",
         "| data set | AM-MGD | MGD | ratio | outcome |",
         "|---|---|---|---|---|",
@@ -632,19 +628,19 @@ def median(values: list[float]) -> str:
 
 def oscillation_rates(am: Run, mgd: Run) -> tuple[int, int, int, int]:
     """(low-beta steps, steps) of AM-MGD at the updates where MGD's loss went up, then the same
-    at the other updates. Update t takes x_{t-1} to x_t; only updates where MGD's gap before and
-    after is finite and above the rounding level count."""
-    it, gap = mgd.series("objective_gap")
-    gap_of = dict(zip(it.tolist(), gap.tolist()))
+    at the other updates. Update t takes x_{t-1} to x_t; only updates where both runs' gaps
+    are finite and above the rounding level of f* count (below it, beta follows rounding)."""
+    gaps = {}
+    for run in (am, mgd):
+        it, gap = run.series("objective_gap")
+        level = rounding_level(run)
+        gaps[run.method] = {t: g for t, g in zip(it.tolist(), gap.tolist()) if level < g < math.inf}
     steps, betas = am.betas()
     low_limit = float(am.cfg.optimizer.beta_max) / 2
-    res = resolution(mgd)
     counts = [0, 0, 0, 0]
     for s, b in zip(steps.tolist(), betas.tolist()):
-        before, after = gap_of.get(s - 1), gap_of.get(s)
-        if before is None or after is None:
-            continue
-        if not (math.isfinite(before) and math.isfinite(after)) or min(before, after) <= res:
+        before, after = gaps["mgd"].get(s - 1), gaps["mgd"].get(s)
+        if before is None or after is None or s - 1 not in gaps["am_mgd"]:
             continue
         i = 0 if after > before else 2
         counts[i] += b < low_limit
@@ -697,7 +693,8 @@ def claim_soft_restarts(src: Sources, row: Row) -> Row:
         "|---|---|---|---|",
         *lines,
         "",
-        "A problem without any increase of MGD's loss (above the rounding level) is a tie.",
+        "Updates where either run's f − f* is at the rounding level of f* (or not finite) are left "
+        "out; a problem without any increase of MGD's loss is a tie.",
     ]
     return row
 

@@ -19,7 +19,7 @@ from experiments.claims import (
     NOT_SUPPORTED,
     STAND_IN,
     SUPPORTED,
-    combine,
+    combine_verdicts,
     compare,
     main,
     outcome,
@@ -197,7 +197,7 @@ def test_sign_test_and_combination_rules() -> None:
     assert outcome(1.9, 1.0, factor=2.0) == 1 and outcome(2.1, 1.0, factor=2.0) == -1
     assert outcome(math.inf, 1.0) == -1 and outcome(1.0, math.inf) == 1
     assert outcome(math.inf, math.inf) == 0
-    assert combine([SUPPORTED, SUPPORTED]) == SUPPORTED
-    assert combine([SUPPORTED, INCONCLUSIVE]) == INCONCLUSIVE
-    assert combine([SUPPORTED, NOT_SUPPORTED]) == NOT_SUPPORTED
-    assert combine([]) == INCONCLUSIVE
+    assert combine_verdicts([SUPPORTED, SUPPORTED]) == SUPPORTED
+    assert combine_verdicts([SUPPORTED, INCONCLUSIVE]) == INCONCLUSIVE
+    assert combine_verdicts([SUPPORTED, NOT_SUPPORTED]) == NOT_SUPPORTED
+    assert combine_verdicts([]) == INCONCLUSIVE
