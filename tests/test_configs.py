@@ -40,7 +40,7 @@ def test_experiments_are_discovered_and_each_has_an_artifact() -> None:
 
 
 # Experiments whose runs live in another one's run folder (the same job is the same run).
-SHARES_RUNS_OF = {"table5": "figure5", "table6": "figure5"}
+SHARES_RUNS_OF = {name: "figure5" for name in ("table2", "table5", "table6", "table_llm")}
 # Artifacts computed without training runs (`sweep.<scale>: []`, amm.reproduce.sweep_blocks).
 RUNLESS = {"figure2"}
 
@@ -58,7 +58,7 @@ def test_experiment_composes_at_every_scale(experiment: str, scale: str) -> None
 
     # The first job of every block composes (a wrong key or option in a block fails here; the
     # other jobs differ only in values) and gets a run directory under runs/<experiment>/<scale>
-    # (Tables 5 and 6 under runs/figure5/<scale>: they share Figure 5's runs).
+    # (the LLM tables under runs/figure5/<scale>: they share Figure 5's runs).
     from hydra import initialize_config_dir
 
     base = [f"experiment={experiment}", f"scale={scale}"]

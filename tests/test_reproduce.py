@@ -253,7 +253,7 @@ def test_an_experiment_without_seeds_says_what_to_declare(tmp_path: Path) -> Non
             sweep_blocks("figure4", "reduced")
 
 
-def test_tables_5_and_6_share_figure5_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_llm_tables_share_figure5_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A job that Figure 5 also runs (same overrides) has Figure 5's run directory, so it is run
     once for all three artifacts; the ablation-only jobs are new directories beside them."""
     monkeypatch.chdir(tmp_path)
@@ -267,6 +267,7 @@ def test_tables_5_and_6_share_figure5_runs(tmp_path: Path, monkeypatch: pytest.M
             }
 
         figure5, table5, table6 = dirs("figure5"), dirs("table5"), dirs("table6")
+        assert dirs("table_llm") == dirs("table2") == figure5  # the same runs, drawn otherwise
     assert len(figure5) == 12  # 2 optimizers x 2 schedules x 3 seeds
     assert {d.parent for d in table5 | table6} == {Path("runs/figure5/reduced")}
     assert len(table5 & figure5) == 6 and len(table5 - figure5) == 6  # per-tensor: new
