@@ -252,11 +252,12 @@ def method_pairs(
     am: str,
     base: str,
     value: Callable[[Run], float],
-    **rule: object,
+    *,
+    better: str,
 ) -> list[Comparison]:
     """``am`` vs ``base`` in every setting that ran both."""
     return [
-        compare(s, per_seed(m[am], value), per_seed(m[base], value), **rule)  # type: ignore[arg-type]
+        compare(s, per_seed(m[am], value), per_seed(m[base], value), better=better)
         for s, m in sorted(groups.items())
         if am in m and base in m
     ]
