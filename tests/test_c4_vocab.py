@@ -4,32 +4,20 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from amm.data.c4 import C4Data, unigram_entropy
 
-SAMPLE = "c4_en_sample/c4-sample.00000-of-00001.json.gz"
-TOKENIZER = "tokenizer_llama2_32k/tokenizer.model"
 
-
-@pytest.fixture(scope="module")
-def files(shared_data: Path) -> dict[str, str]:
-    paths = {"data_files": shared_data / SAMPLE, "tokenizer": shared_data / TOKENIZER}
-    if missing := [str(p) for p in paths.values() if not p.is_file()]:
-        pytest.skip(f"not in the shared data folder: {missing}")
-    return {key: str(path) for key, path in paths.items()}
-
-
-def sample(files: dict[str, str], **kwargs: object) -> C4Data:
+def sample(c4_files: dict[str, str], **kwargs: object) -> C4Data:
     args: dict[str, object] = dict(val_docs=100, seq_len=64, batch_size=4, eval_tokens=4096)
-    return C4Data(**files, **{**args, **kwargs})  # type: ignore[arg-type]
+    return C4Data(**c4_files, **{**args, **kwargs})  # type: ignore[arg-type]
 
 
-def test_a_trained_vocabulary_is_deterministic_and_keeps_eos(files: dict[str, str]) -> None:
-    first, second = sample(files, train_vocab=512), sample(files, train_vocab=512)
+def test_a_trained_vocabulary_is_deterministic_and_keeps_eos(c4_files: dict[str, str]) -> None:
+    first, second = sample(c4_files, train_vocab=512), sample(c4_files, train_vocab=512)
     assert len(first.tokenizer) == 512 and first.info["vocab_size"] == 512
     assert first.eos == first.tokenizer.convert_tokens_to_ids("</s>")  # documents still end
     a = torch.cat([b["input_ids"] for b in first.eval_batches()])
@@ -43,15 +31,15 @@ def test_a_trained_vocabulary_is_deterministic_and_keeps_eos(files: dict[str, st
     assert "BPE, 512 tokens" in first.info["tokenizer"]
 
 
-def test_a_trained_vocabulary_needs_local_files(files: dict[str, str]) -> None:
+def test_a_trained_vocabulary_needs_local_files(c4_files: dict[str, str]) -> None:
     with pytest.raises(
         ValueError, match="train_vocab .* needs local files: set dataset.data_files"
     ):
-        C4Data(tokenizer=files["tokenizer"], train_vocab=512)
+        C4Data(tokenizer=c4_files["tokenizer"], train_vocab=512)
 
 
-def test_eval_unigram_entropy_is_the_eval_targets_own_entropy(files: dict[str, str]) -> None:
-    data = sample(files)
+def test_eval_unigram_entropy_is_the_eval_targets_own_entropy(c4_files: dict[str, str]) -> None:
+    data = sample(c4_files)
     ids = torch.cat([b["input_ids"] for b in data.eval_batches()])
     counts = torch.bincount(ids[:, 1:].reshape(-1)).double()  # targets: every token but the first
     p = counts[counts > 0] / counts.sum()
