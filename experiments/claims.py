@@ -42,6 +42,8 @@ from experiments._stats import (
     verdict,
 )
 from experiments._stepsize import ROUNDING_K, budgets, diverged, gap_at, lr_scale, rounding_level
+from experiments._vision import any_stand_in
+from experiments._vision import setting as setting_of
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
@@ -52,7 +54,6 @@ ABLATION_MARGIN = 1.0  # percentage points of test accuracy: "robust to lambda /
 OVERHEAD_LIMIT = 0.5  # percent: "overhead per iteration under 0.5 %"
 WORKING_FRACTION = 0.9  # an lr "trains" when its final accuracy is >= 90 % of the grid's best
 TIE_RATIO = 1.01  # convex: f - f* within 1 % of each other is a tie
-STAND_IN = " (stand-in data)"  # a setting on generated data (smoke): a plumbing check
 
 
 def rule_text() -> str:
@@ -201,6 +202,7 @@ def compare(
     *,
     better: str,
     margin: float = 0.0,
+    stand_in: bool = False,
 ) -> Comparison:
     """AM − baseline, paired by seed; a diverged run (NaN) decides as ``rule_text`` says."""
     diff = paired_difference(am, base)
@@ -213,7 +215,7 @@ def compare(
         setting += f" (baseline diverged: seeds {base_bad}; AM: seeds {am_bad})"
     elif am_bad:
         setting += f" (AM diverged: seeds {am_bad}; baseline: seeds {base_bad})"
-    return Comparison(setting, diff, INCONCLUSIVE if STAND_IN in setting else found)
+    return Comparison(setting, diff, INCONCLUSIVE if stand_in else found)
 
 
 def fill(row: Row, comparisons: list[Comparison], what: str) -> Row:
@@ -225,13 +227,6 @@ def fill(row: Row, comparisons: list[Comparison], what: str) -> Row:
     row.n = f"{'/'.join(map(str, seeds))} seeds × {len(comparisons)} setting(s)"
     row.verdict = combine_verdicts(c.verdict for c in comparisons)
     return row
-
-
-def vision_setting(run: Run) -> str:
-    model = str(run.cfg.model._target_).rsplit(".", 1)[-1]
-    depth = run.cfg.model.get("depth")
-    stand_in = STAND_IN if run.cfg.dataset.get("stand_in") else ""
-    return f"{run.cfg.dataset.name}/{model}{'' if depth is None else f'-{depth}'}{stand_in}"
 
 
 def llm_setting(run: Run) -> str:
@@ -257,7 +252,13 @@ def method_pairs(
 ) -> list[Comparison]:
     """``am`` vs ``base`` in every setting that ran both."""
     return [
-        compare(s, per_seed(m[am], value), per_seed(m[base], value), better=better)
+        compare(
+            s,
+            per_seed(m[am], value),
+            per_seed(m[base], value),
+            better=better,
+            stand_in=any_stand_in(m[am] + m[base]),
+        )
         for s, m in sorted(groups.items())
         if am in m and base in m
     ]
@@ -280,7 +281,7 @@ def runs_of(src: Sources, artifacts: Iterable[str]) -> tuple[dict[str, list[Run]
 def claim_vision(src: Sources, row: Row) -> Row:
     """Figure 4 (CIFAR; reduced: MNIST) and the ImageNet figure, where made."""
     found, notes = runs_of(src, row.artifacts)
-    groups = cells((r for runs in found.values() for r in runs), vision_setting)
+    groups = cells((r for runs in found.values() for r in runs), setting_of)
     pairs = method_pairs(groups, "am_mgd", "mgd", accuracy, better="higher")
     what = "final evaluation accuracy, AM-MGD − MGD (percentage points):"
     return fill(row, pairs, " ".join([what, *(f"({n})" for n in notes)]))
@@ -320,9 +321,10 @@ def claim_lr_range(src: Sources, row: Row) -> Row:
     runs, defaults = ablation_runs(src)
     grid = [r for r in runs if at_default(r, defaults, "lr")]
     comparisons = []
-    for setting, methods in sorted(cells(grid, vision_setting).items()):
+    for setting, methods in sorted(cells(grid, setting_of).items()):
         if not {"am_mgd", "mgd"} <= set(methods):
             continue
+        fake = any_stand_in([r for rs in methods.values() for r in rs])
         accs = [accuracy(r) for rs in methods.values() for r in rs if not run_diverged(r)]
         best = max((a for a in accs if math.isfinite(a)), default=math.nan)
         lrs = sorted(
@@ -337,6 +339,7 @@ def claim_lr_range(src: Sources, row: Row) -> Row:
                 working_lrs(methods["am_mgd"], lrs, WORKING_FRACTION * best),
                 working_lrs(methods["mgd"], lrs, WORKING_FRACTION * best),
                 better="higher",
+                stand_in=fake,
             )
         )
     what = (
@@ -357,7 +360,8 @@ def claim_ablation(src: Sources, row: Row, free: str) -> Row:
         else (lambda r: float(r.cfg.dataset.batch_size))
     )
     comparisons = []
-    for setting, methods in sorted(cells(grid, vision_setting).items()):
+    for setting, methods in sorted(cells(grid, setting_of).items()):
+        fake = any_stand_in([r for rs in methods.values() for r in rs])
         am = defaultdict(list)
         for r in methods.get("am_mgd", []):
             am[value_of(r)].append(r)
@@ -371,6 +375,7 @@ def claim_ablation(src: Sources, row: Row, free: str) -> Row:
                         base,
                         better="higher",
                         margin=ABLATION_MARGIN,
+                        stand_in=fake,
                     )
                 )
             continue
@@ -386,6 +391,7 @@ def claim_ablation(src: Sources, row: Row, free: str) -> Row:
                     gain(am[defaults[free]], mgd[defaults[free]]),
                     better="higher",
                     margin=ABLATION_MARGIN,
+                    stand_in=fake,
                 )
             )
     if not comparisons:

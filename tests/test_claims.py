@@ -17,7 +17,6 @@ from experiments._stats import Estimate, estimate, verdict
 from experiments.claims import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
-    STAND_IN,
     SUPPORTED,
     combine_verdicts,
     compare,
@@ -103,8 +102,7 @@ def test_vision_row_is_the_paired_difference_of_the_runs(report: tuple[Path, str
     cells = row(text, "AM-MGD beats MGD in image classification")
     # generated stand-in data are a plumbing check: never evidence, whatever the interval
     assert (
-        f"cifar10/wide_resnet-10 (stand-in data): {expected.format_interval()} → inconclusive"
-        in cells[3]
+        f"WRN-10-1 / CIFAR-10 (stand-in): {expected.format_interval()} → inconclusive" in cells[3]
     )
     assert cells[4] == "2 seeds × 1 setting(s)"
     assert cells[5] == f"**{INCONCLUSIVE}**"
@@ -173,7 +171,7 @@ def test_a_comparison_is_paired_by_seed_and_stand_in_data_decide_nothing() -> No
     am, base = {0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.9, 2: 1.9}
     found = compare("mnist", am, base, better="higher")
     assert found.diff == estimate([1.0, 1.1, 1.1]) and found.verdict == SUPPORTED
-    assert compare(f"cifar10{STAND_IN}", am, base, better="higher").verdict == INCONCLUSIVE
+    assert compare("cifar10", am, base, better="higher", stand_in=True).verdict == INCONCLUSIVE
     # divergence (NaN): AM's counts against the claim; the baseline's alone, in every seed, for it
     nan = math.nan
     assert compare("x", {0: nan, 1: 1.0}, {0: 1.0, 1: 1.0}, better="lower").verdict == NOT_SUPPORTED
