@@ -87,7 +87,7 @@ def test_sweep_block_without_a_method_label_is_an_error(tmp_path: Path) -> None:
     configs = tmp_path / "configs"
     shutil.copytree(CONFIG_DIR, configs)
     (configs / "experiment" / "nolabel.yaml").write_text(
-        "# @package _global_\nsweep:\n  smoke:\n    - {method: mgd, optimizer: sgd}\n"
+        "# @package _global_\nseeds: 1\nsweep:\n  smoke:\n    - {method: mgd, optimizer: sgd}\n"
         "    - {optimizer: adam}\n  reduced: []\n  paper: []\n"
     )
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
