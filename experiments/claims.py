@@ -42,7 +42,7 @@ from experiments._stats import (
     verdict,
 )
 from experiments._stepsize import ROUNDING_K, budgets, diverged, gap_at, lr_scale, rounding_level
-from experiments._vision import any_stand_in
+from experiments._vision import WORKING_FRACTION, any_stand_in, working_threshold
 from experiments._vision import setting as setting_of
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -52,7 +52,6 @@ BETA_STAR_FACTOR = 2.0  # "competitive with beta*": f - f* at most 2x MGD beta*'
 WARMUP_MARGIN = 0.02  # nats: "AM-AdamW without warmup is about as good as AdamW with warmup"
 ABLATION_MARGIN = 1.0  # percentage points of test accuracy: "robust to lambda / batch size"
 OVERHEAD_LIMIT = 0.5  # percent: "overhead per iteration under 0.5 %"
-WORKING_FRACTION = 0.9  # an lr "trains" when its final accuracy is >= 90 % of the grid's best
 TIE_RATIO = 1.01  # convex: f - f* within 1 % of each other is a tie
 
 
@@ -325,19 +324,20 @@ def claim_lr_range(src: Sources, row: Row) -> Row:
         if not {"am_mgd", "mgd"} <= set(methods):
             continue
         fake = any_stand_in([r for rs in methods.values() for r in rs])
-        accs = [accuracy(r) for rs in methods.values() for r in rs if not run_diverged(r)]
-        best = max((a for a in accs if math.isfinite(a)), default=math.nan)
+        threshold = working_threshold(
+            accuracy(r) for rs in methods.values() for r in rs if not run_diverged(r)
+        )
         lrs = sorted(
             {float(r.cfg.optimizer.lr) for r in methods["am_mgd"]}
             & {float(r.cfg.optimizer.lr) for r in methods["mgd"]}
         )
 
-        label = f"{setting}, {len(lrs)} lrs {lrs[0]:g}–{lrs[-1]:g}, threshold {WORKING_FRACTION * best:.1f} %"
+        label = f"{setting}, {len(lrs)} lrs {lrs[0]:g}–{lrs[-1]:g}, threshold {threshold:.2f} %"
         comparisons.append(
             compare(
                 label,
-                working_lrs(methods["am_mgd"], lrs, WORKING_FRACTION * best),
-                working_lrs(methods["mgd"], lrs, WORKING_FRACTION * best),
+                working_lrs(methods["am_mgd"], lrs, threshold),
+                working_lrs(methods["mgd"], lrs, threshold),
                 better="higher",
                 stand_in=fake,
             )

@@ -374,7 +374,7 @@ def test_figure7_smoke(tmp_path: Path) -> None:
         if line.startswith("| ") and "acc" not in line
     ]
     assert values == ["0.1", "1"]
-    assert "above 50 %" in working and "| AM-MGD − MGD (paired) |" in working
+    assert "90% of the grid's best run" in working and "| AM-MGD − MGD (paired) |" in working
 
 
 @pytest.mark.slow
