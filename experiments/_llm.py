@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 
 import numpy as np
 
 from experiments import Run
-from experiments._stats import per_seed
+from experiments._stats import Estimate, combine, estimate, per_seed
 
 
 def size_label(run: Run) -> str:
@@ -161,6 +162,24 @@ def time_per_iteration(run: Run) -> float:
         if a["step"] >= 5 and "eval_loss" not in b and "time_s" in a and "time_s" in b
     ]
     return float(np.median(per_step)) if per_step else math.nan
+
+
+def overhead_pct(a: Mapping[int, float], b: Mapping[int, float]) -> Estimate:
+    """Time per iteration of ``a`` over ``b``, minus 1, in %, seed by seed."""
+    return estimate(combine(a, b, lambda x, y: 100.0 * (x / y - 1.0)).values())
+
+
+def clock_drift(adamw: Mapping[int, list[Run]]) -> Estimate | None:
+    """AdamW's time per iteration in one warmup regime over another (warmup -> runs), in %,
+    seed by seed: a negative control. Warmup changes only the value of the lr, not the
+    arithmetic of a step, so any difference is the machine's drift between separate runs.
+    None when fewer than two regimes ran."""
+    if len(adamw) < 2:
+        return None
+    first, second = sorted(adamw)[:2]
+    return overhead_pct(
+        per_seed(adamw[first], time_per_iteration), per_seed(adamw[second], time_per_iteration)
+    )
 
 
 def perplexity(loss: float) -> float:

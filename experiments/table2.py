@@ -17,6 +17,7 @@ from experiments import Run, load_runs
 from experiments._llm import (
     by_cell,
     by_size,
+    clock_drift,
     final_train_loss,
     regime,
     steps_to_reach,
@@ -83,13 +84,34 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
                 f"{interval_cell(overhead, 1)} | {ratio} | {steps} | "
                 f"{cell(per_seed(adamw, final_train_loss))} |"
             )
+    controls = []
+    for size, group in by_size(runs).items():
+        cells = by_cell(group)
+        adamw_by_warmup = {w: rs for (_, m, w), rs in cells.items() if m == "adamw"}
+        drift = clock_drift(adamw_by_warmup)
+        if drift is not None:
+            first, second = sorted(adamw_by_warmup)[:2]
+            controls.append(
+                f"{size}: AdamW warmup {first} / warmup {second} − 1 (%): "
+                f"{drift.format_interval(1)}"
+            )
     lines += [
         "",
         "Times: median milliseconds per update of each run's wall clock (`time_s`), evaluation "
         "intervals left out, then mean ± std over the seeds; the machine is in each run's "
         "meta.json. The overhead is AM-AdamW's time / AdamW's of the same seed − 1. The runs ran "
-        "one after another, so on a shared machine the overhead column also measures how the "
-        "load changed between runs: it measures the optimizer only on a quiet machine.",
+        "one after another, so the overhead column also measures how the machine's speed "
+        "changed between runs.",
+        *(
+            [
+                "Negative control (the same arithmetic per step, in separate runs, seed by seed): "
+                + "; ".join(controls)
+                + ". An overhead smaller than this drift is not measured by these runs; "
+                "`make bench` times the optimizers interleaved (results/bench_train/)."
+            ]
+            if controls
+            else []
+        ),
         f"Warmup regimes: {sorted({warmup(r) for r in runs}, reverse=True)} warmup steps.",
     ]
     out_dir.mkdir(parents=True, exist_ok=True)

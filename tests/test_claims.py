@@ -9,15 +9,20 @@ import re
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from suite_helpers import compose_config, summary
 
 from amm.trainer import train
-from experiments import load_runs
+from experiments import Run, load_runs
 from experiments._stats import Estimate, estimate, verdict
 from experiments.claims import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
     SUPPORTED,
+    Row,
+    claim_overhead,
+    clock_drift,
+    clock_resolves,
     combine_verdicts,
     compare,
     main,
@@ -199,3 +204,73 @@ def test_sign_test_and_combination_rules() -> None:
     assert combine_verdicts([SUPPORTED, INCONCLUSIVE]) == INCONCLUSIVE
     assert combine_verdicts([SUPPORTED, NOT_SUPPORTED]) == NOT_SUPPORTED
     assert combine_verdicts([]) == INCONCLUSIVE
+
+
+def timed_run(method: str, warmup: int, seed: int, ms_per_step: float) -> Run:
+    """An LLM run whose clock advances ``ms_per_step`` per update (steps 0..40)."""
+    cfg = OmegaConf.create(
+        {
+            "method": method,
+            "model": {"name": "1.8M", "hidden_size": 64, "num_hidden_layers": 2},
+            "trainer": {"seed": seed, "scheduler": {"warmup_steps": warmup}},
+        }
+    )
+    metrics = [{"step": t, "loss": 1.0, "time_s": t * ms_per_step / 1000} for t in range(41)]
+    return Run(
+        Path(f"/runs/{method}-{warmup}-{seed}"), cfg, metrics, {"loss": 1.0, "diverged": False}
+    )
+
+
+class TimedRuns:
+    """The claims report's source of runs (``Sources.runs``), from runs made in memory."""
+
+    def __init__(self, runs: list[Run]) -> None:
+        self._runs = runs
+
+    def runs(self, artifact: str) -> list[Run]:
+        assert artifact == "table2"
+        return self._runs
+
+
+def overhead_row(adamw_ms: dict[int, list[float]], am_ms: dict[int, list[float]]) -> Row:
+    """Claim 12 from runs timed at the given ms per step (warmup -> one value per seed)."""
+    runs = [
+        timed_run(method, w, seed, ms)
+        for method, times in (("adamw", adamw_ms), ("am_adamw", am_ms))
+        for w, per_seed_ms in times.items()
+        for seed, ms in enumerate(per_seed_ms)
+    ]
+    return claim_overhead(TimedRuns(runs), Row("overhead", ["table2"]))  # type: ignore[arg-type]
+
+
+def test_overhead_needs_a_clock_steadier_than_the_claim() -> None:
+    # AdamW takes the same time in both warmup regimes (the control is within ±0.5 %), and
+    # AM-AdamW 0.1 % longer: the clock resolves the claim, which is supported
+    steady = {60: [100.0, 101.0, 99.0], 0: [100.0, 101.0, 99.0]}
+    row = overhead_row(steady, {w: [t * 1.001 for t in ts] for w, ts in steady.items()})
+    assert row.verdict == SUPPORTED, row.effect
+    assert "within ±0.5 %" in row.effect
+    # AM-AdamW 5 % longer on a steady clock: not supported
+    row = overhead_row(steady, {w: [t * 1.05 for t in ts] for w, ts in steady.items()})
+    assert row.verdict == NOT_SUPPORTED, row.effect
+    # the same 5 %, but AdamW's two regimes (identical arithmetic) differ by 15-20 %: the
+    # clock drifted between runs, so the wall clock decides nothing
+    drifting = {60: [100.0, 101.0, 99.0], 0: [120.0, 116.0, 118.0]}
+    row = overhead_row(drifting, {w: [t * 1.05 for t in ts] for w, ts in drifting.items()})
+    assert row.verdict == INCONCLUSIVE, row.effect
+    assert "AdamW warmup 0 over warmup 60: +" in row.effect and "beyond ±0.5 %" in row.effect
+
+
+def test_clock_drift_is_the_paired_ratio_of_adamws_regimes() -> None:
+    runs = {
+        w: [timed_run("adamw", w, s, ms) for s, ms in enumerate(t)]
+        for w, t in {0: [110.0, 120.0], 60: [100.0, 100.0]}.items()
+    }
+    drift = clock_drift(runs)
+    assert drift is not None and drift.n == 2
+    assert drift.mean == pytest.approx(15.0)  # (+10 % + 20 %) / 2, seed by seed
+    assert clock_drift({60: runs[60]}) is None  # one regime: no control
+    assert clock_resolves(None)
+    assert clock_resolves(Estimate(0.1, 0.1, 3, -0.2, 0.4))
+    assert not clock_resolves(Estimate(0.1, 0.1, 3, -0.2, 0.6))
+    assert not clock_resolves(Estimate(0.1, math.nan, 1, math.nan, math.nan))  # one seed

@@ -182,7 +182,13 @@ def test_llm_artifacts_report_seed_means_and_paired_differences(
 
     table2.make(llm_runs, tmp_path, "smoke")
     text = (tmp_path / "table2.md").read_text()
-    assert "the load changed" in text  # the note about the machine stays
+    assert "how the machine's speed changed" in text  # the note about the machine stays
+    # the negative control: AdamW with warmup 0 over warmup 2, the same arithmetic per step
+    no_warmup, warmup_2 = (
+        [time_per_iteration(r) for r in load_runs(runs("adamw", w))] for w in (0, 2)
+    )
+    drift = tuple(100 * (no_warmup[s] / warmup_2[s] - 1) for s in (0, 1))
+    assert f"4M: AdamW warmup 0 / warmup 2 − 1 (%): {paired(drift, digits=1)}" in text  # type: ignore[arg-type]
     row = table_row(text, "| 4M | no warmup |")
     t = {
         opt: [1e3 * time_per_iteration(r) for r in load_runs(runs(opt, 0))]
