@@ -281,7 +281,7 @@ def _plain(value: Any) -> Any:
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The settings the optimizer holds (AMAdamW's ``beta_max: null`` as the beta1 it became):
+    """The settings the optimizer holds (e.g. AMAdamW's formulation options and betas):
     one value where every param group agrees, else the list of the groups' values."""
     groups = optimizer.param_groups
     out: dict[str, Any] = {}

@@ -38,8 +38,8 @@ def method_name(run: Run) -> str:
     opt = run.cfg.optimizer
     names = {
         "adamw": "AdamW",
-        "am_adamw": "AM-AdamW",
-        "am_adamw_per_layer": "AM-AdamW (per-layer β)",
+        "am_adamw": "AM-AdamW",  # per-layer beta, as the paper's main runs (figure5.yaml)
+        "am_adamw_global": "AM-AdamW (global β)",
         "am_adamw_clip": f"AM-AdamW (Clip, β≥{opt.get('beta_min', 0.0):g})",
         "am_adamw_restart": f"AM-AdamW (Restart, β<{opt.get('restart_below') or 0.0:g})",
     }

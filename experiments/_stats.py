@@ -121,6 +121,54 @@ def verdict(diff: Estimate, *, better: str, margin: float = 0.0) -> str:
     return "inconclusive"
 
 
+# ---- power: how many seeds a paired comparison needs ---------------------------------------
+
+POWER = 0.8  # the power the seed counts are chosen for
+
+
+def paired_power(effect: float, sd: float, n: int, alpha: float = 1 - CONFIDENCE) -> float:
+    """The probability that the paired t-test (two-sided, level ``alpha``) over ``n`` seeds finds
+    a true mean difference ``effect`` when the per-seed differences have spread ``sd``: the
+    chance that the 95 % interval of ``verdict`` excludes 0 (noncentral t)."""
+    if n < 2 or not sd > 0:
+        return math.nan
+    df = n - 1
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    shift = abs(effect) / (sd / math.sqrt(n))
+    return float(stats.nct.sf(crit, df, shift) + stats.nct.cdf(-crit, df, shift))
+
+
+def seeds_for_power(
+    effect: float, sd: float, power: float = POWER, most: int = 10_000
+) -> int | None:
+    """The fewest seeds whose paired t-test reaches ``power`` for ``effect`` (None: more than
+    ``most``, e.g. an effect of 0)."""
+    if not sd > 0:
+        return 2
+    if effect == 0:
+        return None
+    n = 2
+    while paired_power(effect, sd, n) < power:
+        n += 1 if n < 64 else max(1, n // 16)
+        if n > most:
+            return None
+    return n
+
+
+def minimum_detectable_effect(sd: float, n: int, power: float = POWER) -> float:
+    """The smallest true mean difference the paired t-test over ``n`` seeds finds with
+    ``power`` (the same units as ``sd``); NaN for n < 2."""
+    if n < 2 or not sd > 0:
+        return math.nan if n < 2 else 0.0
+    lo, hi = 0.0, sd
+    while paired_power(hi, sd, n) < power:
+        hi *= 2
+    for _ in range(60):  # bisection on the increasing power curve
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if paired_power(mid, sd, n) < power else (lo, mid)
+    return hi
+
+
 # ---- runs -> numbers per seed, and curves over seeds (the artifacts' side) -------------------
 
 BAND_NOTE = "line: mean over the seeds; shaded band: min–max over the seeds"

@@ -812,7 +812,7 @@ CLAIMS: list[tuple[str, list[str], Callable[[Sources, Row], Row]]] = [
     (
         "Per-layer β is slightly better than one global β (app. D.3, Table 5)",
         ["table5"],
-        llm_pair("table5", "am_adamw_per_layer", "am_adamw"),
+        llm_pair("table5", "am_adamw", "am_adamw_global"),
     ),
     (
         "Restarts explain part, but not all, of the gain (sec. 4.5, Table 6)",

@@ -15,7 +15,7 @@ from experiments._llm import by_cell, eval_losses, final_train_loss, warmup
 from experiments._stats import SPREAD_NOTE, cell, difference_cell, per_seed, seeds_note
 
 # declared method label -> row
-ROWS = {"am_adamw": "Shared (global β)", "am_adamw_per_layer": "Per-layer (β per tensor)"}
+ROWS = {"am_adamw_global": "Shared (global β)", "am_adamw": "Per-layer (β per tensor)"}
 
 
 def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:

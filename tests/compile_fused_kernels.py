@@ -36,20 +36,29 @@ def compile_kernel(
 
 
 def main() -> None:
-    adamw = dict(g_tab=TABLE, m_tab=TABLE, v_tab=TABLE, x_tab=TABLE, **BLOCKS)
+    adamw = dict(g_tab=TABLE, d_tab=TABLE, v_tab=TABLE, x_tab=TABLE, c_tab=TABLE, **BLOCKS)
     sgd = dict(g_tab=TABLE, d_tab=TABLE, x_tab=TABLE, **BLOCKS)
     sums, update = dict(partials="*fp32"), dict(weights="*fp32")
     for dtype, aligned in itertools.product((tl.float32, tl.bfloat16, tl.float16), (True, False)):
         block = dict(DTYPE=dtype, BLOCK=fused.BLOCK, ALIGNED=aligned)
-        for decay in (True, False):
-            reduce = dict(**block, WITH_DECAY=decay, NCOL=fused.NCOL)
-            compile_kernel(adamw_k._am_adamw_sums_kernel, {**adamw, **sums}, reduce, aligned)
+        for decay in (0, 1):
+            reduce = dict(**block, FLAGS=decay, NCOL=fused.NCOL)
             compile_kernel(sgd_k._am_sgd_sums_kernel, {**sgd, **sums}, reduce, aligned)
-            with_decay = dict(**block, WITH_DECAY=decay)
-            compile_kernel(sgd_k._am_sgd_update_kernel, {**sgd, **update}, with_decay, aligned)
             compile_kernel(
-                adamw_k._am_adamw_update_kernel, {**adamw, **update}, with_decay, aligned
+                sgd_k._am_sgd_update_kernel, {**sgd, **update}, dict(**block, FLAGS=decay), aligned
             )
+            # AM-AdamW's formulations: bit 1 the preconditioned lam metric, bit 2 the exact
+            # correction per element (only with bit 1)
+            for form in (0, 2, 6):
+                flags = decay | form
+                reduce = dict(**block, FLAGS=flags, NCOL=fused.NCOL)
+                compile_kernel(adamw_k._am_adamw_sums_kernel, {**adamw, **sums}, reduce, aligned)
+                compile_kernel(
+                    adamw_k._am_adamw_update_kernel,
+                    {**adamw, **update},
+                    dict(**block, FLAGS=flags),
+                    aligned,
+                )
     compile_kernel(
         fused._segment_sum_kernel,
         dict(partials="*fp32", block_offsets="*i64", out="*fp32"),

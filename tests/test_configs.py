@@ -40,7 +40,9 @@ def test_experiments_are_discovered_and_each_has_an_artifact() -> None:
 
 
 # Experiments whose runs live in another one's run folder (the same job is the same run).
-SHARES_RUNS_OF = {name: "figure5" for name in ("table2", "table5", "table6", "table_llm")}
+SHARES_RUNS_OF = {
+    name: "figure5" for name in ("table2", "table5", "table6", "table_llm", "formulation")
+}
 # Artifacts computed without training runs (`sweep.<scale>: []`, amm.reproduce.sweep_blocks).
 RUNLESS = {"figure2"}
 

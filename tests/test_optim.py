@@ -107,35 +107,70 @@ def reference_am_sgd(lrs, lam, beta_max, wd, exact=False, seed=0):
     return x, betas
 
 
-def reference_am_adamw(lrs, lam, beta_max, wd, beta2=0.99, eps=1e-8, seed=0):
-    """docs/algorithm.md section 3 in plain Python floats (m and c stored as written there)."""
+def reference_am_adamw(
+    lrs, lam, beta_max, wd, beta2=0.99, eps=1e-8, seed=0,
+    bias_correction="bounded", lam_metric="preconditioned", restart_below=None,
+):  # fmt: skip
+    """docs/algorithm.md section 3 in plain Python floats, in its general form: the metric P,
+    the lam metric M (P^2 or P), W = (P + lam M)^-1 per coordinate, d_{t+1} = W [(1 - beta) P g
+    + (beta P + lam M) d]. bounded: raw d, P = B (sqrt(v_hat) + eps), B = 1 - beta_max prod;
+    exact: raw m and its EMA weight c per coordinate, d = m / c, P = sqrt(v_hat) + eps."""
     a, c_lin, x = _flat_problem(seed)
     n = len(x)
-    m, v, c = [0.0] * n, [0.0] * n, 0.0
-    prev_lr, betas = None, []
+    d, v = [0.0] * n, [0.0] * n  # bounded: d; exact: the raw m
+    c = [0.0] * n  # exact: the EMA weight of m, per coordinate
+    prod, prev_lr, betas = 1.0, None, []
     for t, lr in enumerate(lrs, start=1):
         g = _grad(x, a, c_lin)
         v = [beta2 * vi + (1 - beta2) * gi * gi for vi, gi in zip(v, g)]
-        p = [math.sqrt(vi / (1 - beta2**t)) + eps for vi in v]
-        if t == 1:
+        root = [math.sqrt(vi / (1 - beta2**t)) + eps for vi in v]
+        B = 1 - beta_max * prod if bias_correction == "bounded" else 1.0
+        P = [B * r for r in root]
+        M = [pi * pi for pi in P] if lam_metric == "preconditioned" else list(P)
+        W = [1 / (pi + lam * mi) for pi, mi in zip(P, M)]
+        if bias_correction == "exact" and t == 1:
             beta = None
-            b_used = 0.0
         else:
-            d = [mi / c for mi in m]
-            diff = [gi - di for gi, di in zip(g, d)]
-            b_over_eta_prev = sum(gi * di / pi for gi, di, pi in zip(g, d, p)) + wd * _dot(g, x)
-            num = (1 + lam) * (prev_lr / lr) * b_over_eta_prev + sum(
-                (gi + lam * di) * ei / pi for gi, di, ei, pi in zip(g, d, diff, p)
+            dd = d if bias_correction == "bounded" else [mi / ci for mi, ci in zip(d, c)]
+            diff = [gi - di for gi, di in zip(g, dd)]
+            b = 0.0  # t = 1: no previous step
+            if t > 1:
+                b = prev_lr * (sum(gi * di / pi for gi, di, pi in zip(g, dd, P)) + wd * _dot(g, x))
+            num = b / lr + sum(
+                (gi + lam * mi / pi * di) * ei * wi
+                for gi, di, ei, pi, mi, wi in zip(g, dd, diff, P, M, W)
             )
-            den = sum(ei * ei / pi for ei, pi in zip(diff, p))
-            beta = min(max(num / den, 0.0), beta_max)
-            b_used = beta
+            den = sum(ei * ei * wi for ei, wi in zip(diff, W))
+            beta = min(max(num / den, 0.0), beta_max) if den > 0 else beta_max
         betas.append(beta)
-        m = [((b_used + lam) * mi + (1 - b_used) * gi) / (1 + lam) for mi, gi in zip(m, g)]
-        c = ((b_used + lam) * c + (1 - b_used)) / (1 + lam)
-        x = [(1 - lr * wd) * xi - lr * (mi / c) / pi for xi, mi, pi in zip(x, m, p)]
+        used = 0.0 if beta is None else beta
+        restart = beta is not None and restart_below is not None and beta < restart_below
+        if bias_correction == "bounded":
+            if restart:  # a fresh first step: d = 0, prod = 1, beta = beta_max
+                d, prod, used = [0.0] * n, 1.0, beta_max
+                P = [(1 - beta_max) * r for r in root]
+                M = [pi * pi for pi in P] if lam_metric == "preconditioned" else list(P)
+                W = [1 / (pi + lam * mi) for pi, mi in zip(P, M)]
+            d = [
+                wi * ((1 - used) * pi * gi + (used * pi + lam * mi) * di)
+                for wi, pi, mi, gi, di in zip(W, P, M, g, d)
+            ]
+            step = [di / pi for di, pi in zip(d, P)]
+            prod *= used
+        else:
+            q = [lam * mi / pi for mi, pi in zip(M, P)]
+            if restart:  # m_hat <- g, c <- 1
+                d, c = list(g), [1.0] * n
+            else:
+                d = [((used + qi) * mi + (1 - used) * gi) / (1 + qi) for mi, gi, qi in zip(d, g, q)]
+                c = [((used + qi) * ci + (1 - used)) / (1 + qi) for ci, qi in zip(c, q)]
+            step = [mi / ci / pi for mi, ci, pi in zip(d, c, P)]
+        x = [(1 - lr * wd) * xi - lr * si for xi, si in zip(x, step)]
         prev_lr = lr
     return x, betas
+
+
+FORMULATIONS = [(bc, lm) for bc in ("bounded", "exact") for lm in ("preconditioned", "scalar")]
 
 
 def _same(a, b):
@@ -217,10 +252,12 @@ def test_frozen_am_sgd_is_torch_sgd_with_dampening(foreach, b):
 
 
 @pytest.mark.parametrize("foreach", [True, False])
-def test_frozen_am_adamw_is_torch_adamw(foreach):
+@pytest.mark.parametrize("bias_correction, lam_metric", FORMULATIONS)
+def test_frozen_am_adamw_is_torch_adamw(foreach, bias_correction, lam_metric):
     kw = dict(lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+    form = dict(bias_correction=bias_correction, lam_metric=lam_metric)
     x1, _, _ = _run(
-        lambda p: AMAdamW(p, **kw, lam=0.0, frozen_beta=0.9, foreach=foreach),
+        lambda p: AMAdamW(p, **kw, lam=0.0, frozen_beta=0.9, foreach=foreach, **form),
         100,
         dtype=torch.float32,
     )
@@ -259,16 +296,78 @@ def test_am_sgd_exact_plane_bias_matches_reference():
 
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("wd", [0.0, 0.1])
-def test_am_adamw_matches_plain_python_reference(foreach, wd):
+@pytest.mark.parametrize("bias_correction, lam_metric", FORMULATIONS)
+def test_am_adamw_matches_plain_python_reference(foreach, wd, bias_correction, lam_metric):
     x, betas, _ = _run(
         lambda p: AMAdamW(p, lr=BIG_STEPS[0], lam=0.1, weight_decay=wd, foreach=foreach,
-                          betas=(0.9, 0.99)),
+                          betas=(0.9, 0.99), bias_correction=bias_correction,
+                          lam_metric=lam_metric),
         len(BIG_STEPS), lrs=BIG_STEPS,
     )  # fmt: skip
-    x_ref, betas_ref = reference_am_adamw(BIG_STEPS, lam=0.1, beta_max=0.9, wd=wd)
+    x_ref, betas_ref = reference_am_adamw(
+        BIG_STEPS, lam=0.1, beta_max=0.9, wd=wd,
+        bias_correction=bias_correction, lam_metric=lam_metric,
+    )  # fmt: skip
+    if bias_correction == "bounded":  # d_0 = 0, b = 0: beta_1 = beta_max from the formula
+        assert betas[0] == pytest.approx(0.9) and betas_ref[0] == 0.9
+    else:
+        assert betas[0] is None and betas_ref[0] is None
     assert betas[1:] == pytest.approx(betas_ref[1:], abs=1e-10)
     assert len({round(b, 6) for b in betas[1:]}) > 2
     assert _flat(x) == pytest.approx(x_ref, abs=1e-10)
+
+
+@pytest.mark.parametrize("bias_correction, lam_metric", FORMULATIONS)
+def test_am_adamw_restart_matches_plain_python_reference(bias_correction, lam_metric):
+    kw = dict(bias_correction=bias_correction, lam_metric=lam_metric)
+    x, betas, _ = _run(
+        lambda p: AMAdamW(p, lr=BIG_STEPS[0], lam=0.1, weight_decay=0.05, betas=(0.9, 0.99),
+                          restart_below=0.8, **kw),
+        len(BIG_STEPS), lrs=BIG_STEPS,
+    )  # fmt: skip
+    x_ref, betas_ref = reference_am_adamw(BIG_STEPS, 0.1, 0.9, 0.05, restart_below=0.8, **kw)
+    assert sum(b is not None and b < 0.8 for b in betas_ref) >= 2, "too few restarts here"
+    assert [b is None for b in betas] == [b is None for b in betas_ref]
+    assert [b for b in betas if b is not None] == pytest.approx(
+        [b for b in betas_ref if b is not None], abs=1e-10
+    )
+    assert _flat(x) == pytest.approx(x_ref, abs=1e-10)
+
+
+# Three steps on one coordinate, gradients 1, -0.5, 0.25, lr 0.1, lam 0.1, betas (0.9, 0.99),
+# eps 0, by hand (scalar algebra of docs/algorithm.md section 3; beta, then x). Step 1, bounded:
+# v_hat = 1, B_1 = 1 - 0.9 = 0.1, P = 0.1; d = 0 and b = 0 give beta = 1 -> 0.9; preconditioned:
+# d_1 = (1 - 0.9) g / (1 + lam P) = 0.1 / 1.01, x_1 = -0.1 d_1 / P = -0.1 / 1.01; scalar:
+# d_1 = 0.1 / 1.1, x_1 = -0.1 / 1.1. Exact: beta_1 = 0 (none reported), m_hat_1 = g, x_1 = -0.1.
+# In one dimension an interior beta puts x at the planes' kink, which for the exact form does not
+# depend on the metric (x_2 equal below).
+HAND_COMPUTED = {
+    ("bounded", "preconditioned"): [(0.9, -0.1 / 1.01), (0.692193715006, -0.043906713164),
+                                    (0.552231691203, -0.065358523169)],
+    ("bounded", "scalar"): [(0.9, -0.1 / 1.1), (0.687573964497, -0.039620739163),
+                            (0.543252595156, -0.059765281063)],
+    ("exact", "preconditioned"): [(None, -0.1), (0.040944293143, -0.056049022657),
+                                  (0.121049822509, -0.078227940811)],
+    ("exact", "scalar"): [(None, -0.1), (0.022222222222, -0.056049022657),
+                          (0.092935933962, -0.078227940811)],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("impl", [dict(foreach=False), dict(foreach=True)])
+@pytest.mark.parametrize("form", sorted(HAND_COMPUTED))
+def test_am_adamw_three_steps_by_hand(form, impl):
+    p = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = AMAdamW([p], lr=0.1, lam=0.1, betas=(0.9, 0.99), eps=0.0, weight_decay=0.0,
+                  bias_correction=form[0], lam_metric=form[1], **impl)  # fmt: skip
+    for g, (beta, x) in zip([1.0, -0.5, 0.25], HAND_COMPUTED[form]):
+        p.grad = torch.tensor([g], dtype=torch.float64)
+        before = opt.last_beta
+        opt.step()
+        if beta is None:
+            assert opt.last_beta is before is None
+        else:
+            assert opt.last_beta.item() == pytest.approx(beta, abs=1e-11)
+        assert p.item() == pytest.approx(x, abs=1e-11)
 
 
 def test_works_with_torch_lr_scheduler():
@@ -717,3 +816,110 @@ def test_am_adamw_defaults_are_torch_adamws():
     ours, theirs = AMAdamW(p).defaults, torch.optim.AdamW(p).defaults
     for key in ("lr", "betas", "eps", "weight_decay"):
         assert ours[key] == theirs[key], key
+
+
+# ---------------------------------------------------------------- AM-AdamW's formulation
+
+
+def _steps(opt, params, n, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        opt.step()
+
+
+@pytest.mark.parametrize("key, saved, mine", [
+    ("bias_correction", "exact", "bounded"), ("lam_metric", "scalar", "preconditioned"),
+])  # fmt: skip
+def test_a_checkpoint_of_another_formulation_is_refused(key, saved, mine):
+    p = [nn.Parameter(torch.randn(3, 2))]
+    opt = AMAdamW(p, lr=0.01, **{key: saved})
+    _steps(opt, p, 3)
+    fresh = AMAdamW([nn.Parameter(torch.randn(3, 2))], lr=0.01, **{key: mine})
+    with pytest.raises(ValueError, match=f"saved with {key}='{saved}'.*construct it with"):
+        fresh.load_state_dict(opt.state_dict())
+
+
+def test_a_checkpoint_from_before_the_options_is_the_exact_scalar_formulation():
+    """Groups saved before 2026-12-07 have neither option but a beta_max key: they are the
+    exact correction with the scalar lam metric, and continue exactly as that optimizer."""
+    p = [nn.Parameter(torch.randn(3, 2))]
+    old = AMAdamW(p, lr=0.01, bias_correction="exact", lam_metric="scalar")
+    _steps(old, p, 3)
+    saved = copy.deepcopy(old.state_dict())
+    for group in saved["param_groups"]:
+        del group["bias_correction"], group["lam_metric"]
+        group["beta_max"] = group["betas"][0]
+    with pytest.raises(ValueError, match="bias_correction='exact'"):
+        AMAdamW([nn.Parameter(torch.randn(3, 2))]).load_state_dict(saved)
+    q = [nn.Parameter(p[0].detach().clone())]
+    resumed = AMAdamW(q, lr=0.01, bias_correction="exact", lam_metric="scalar")
+    resumed.load_state_dict(saved)
+    assert "beta_max" not in resumed.param_groups[0]
+    _steps(old, p, 3, seed=1)
+    _steps(resumed, q, 3, seed=1)
+    assert torch.equal(p[0], q[0])
+
+
+def test_beta_max_is_betas0():
+    p = nn.Parameter(torch.zeros(2))
+    opt = AMAdamW([p], betas=(0.9, 0.99), beta_max=0.8)
+    assert opt.param_groups[0]["betas"] == (0.8, 0.99) and "beta_max" not in opt.param_groups[0]
+    opt.add_param_group({"params": [nn.Parameter(torch.zeros(2))], "beta_max": 0.8})
+    assert opt.param_groups[1]["betas"] == (0.8, 0.99)
+    with pytest.raises(ValueError, match=r"beta_max \(betas\[0\]\) differs"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(2))], "betas": (0.7, 0.99)})
+
+
+@pytest.mark.parametrize("make", [
+    lambda o, cycle: torch.optim.lr_scheduler.OneCycleLR(
+        o, max_lr=0.05, total_steps=20, cycle_momentum=cycle),
+    lambda o, cycle: torch.optim.lr_scheduler.CyclicLR(
+        o, base_lr=0.001, max_lr=0.05, step_size_up=5, base_momentum=0.6, max_momentum=0.9,
+        cycle_momentum=cycle),
+], ids=["OneCycleLR", "CyclicLR"])  # fmt: skip
+def test_schedulers_that_cycle_momentum_cycle_the_clip(make):
+    """AM-AdamW: betas[0] is beta_max, so cycle_momentum cycles the upper clip of beta (and
+    changes the run); AM-SGD has neither `momentum` nor `betas`: torch refuses, clearly."""
+    runs = {}
+    for cycle in (True, False):
+        p = nn.Parameter(torch.linspace(-1, 1, 6))
+        opt = AMAdamW([p], lr=0.01, betas=(0.9, 0.99))
+        schedule = make(opt, cycle)
+        clips = []
+        for t in range(12):
+            p.grad = torch.cos(3 * p.detach()) + 0.1 * t
+            clip = opt.param_groups[0]["betas"][0]
+            opt.step()
+            assert opt.last_beta.item() <= clip + 1e-7
+            clips.append(clip)
+            schedule.step()
+        runs[cycle] = (p.detach().clone(), clips)
+    assert len(set(runs[True][1])) > 3 and len(set(runs[False][1])) == 1  # the clip moved
+    assert not torch.equal(runs[True][0], runs[False][0])
+    with pytest.raises(ValueError, match="momentum or beta1"):
+        make(AMSGD([nn.Parameter(torch.zeros(2))], lr=0.01), True)
+
+
+@pytest.mark.parametrize("bias_correction, lam_metric", FORMULATIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_formulation_resumes_bit_identically(bias_correction, lam_metric, dtype):
+    form = dict(bias_correction=bias_correction, lam_metric=lam_metric)
+    p = [nn.Parameter(torch.randn(4, 3).to(dtype)), nn.Parameter(torch.randn(5).to(dtype))]
+    q = [nn.Parameter(t.detach().clone()) for t in p]
+    whole = AMAdamW(p, lr=0.01, weight_decay=0.1, restart_below=0.5, **form)
+    _steps(whole, p, 4)
+    first = AMAdamW(q, lr=0.01, weight_decay=0.1, restart_below=0.5, **form)
+    _steps(first, q, 4)
+    saved = copy.deepcopy(first.state_dict())
+    resumed = AMAdamW(q, lr=0.01, weight_decay=0.1, restart_below=0.5, **form)
+    resumed.load_state_dict(saved)
+    for a, b in zip(p, q):
+        sa, sb = whole.state[a], resumed.state[b]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), key
+    _steps(whole, p, 4, seed=1)
+    _steps(resumed, q, 4, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(p, q))

@@ -81,6 +81,9 @@ def _sharded_worker(rank: int, store: str, cls_name: str, scope: str, fused: boo
     kwargs = dict(lr=0.3, beta_scope=scope, fused=fused)
     if scope == "exact":  # the exact bias with coupled decay: the norms are all-reduced
         kwargs = dict(lr=0.3, plane_bias="exact", weight_decay=0.05, fused=fused)
+    elif scope in FORMULATIONS:  # AM-AdamW's other formulations (the default: bounded, M = P^2)
+        correction, metric = FORMULATIONS[scope]
+        kwargs = dict(lr=0.3, bias_correction=correction, lam_metric=metric, fused=fused)
     full, coeffs = _problem()
     tol = 1e-10
     if fused:  # fp32 only (Triton), and the shards' partial sums add up in another order
@@ -129,10 +132,23 @@ def _ddp_worker(rank: int, store: str, cls_name: str) -> None:
     _finish()
 
 
+FORMULATIONS = {
+    "bounded-scalar": ("bounded", "scalar"),
+    "exact-preconditioned": ("exact", "preconditioned"),
+    "exact-scalar": ("exact", "scalar"),
+}
+
+
 @pytest.mark.parametrize("scope", ["global", "per-tensor", "exact"])
 @pytest.mark.parametrize("cls_name", ["AMSGD", "AMAdamW"])
 def test_sharded_equals_unsharded(tmp_path, cls_name, scope):
     mp.spawn(_sharded_worker, args=(str(tmp_path / "store"), cls_name, scope, False), nprocs=WORLD)
+
+
+@pytest.mark.parametrize("formulation", sorted(FORMULATIONS))
+def test_sharded_am_adamw_formulations_equal_unsharded(tmp_path, formulation):
+    store = str(tmp_path / "store")
+    mp.spawn(_sharded_worker, args=(store, "AMAdamW", formulation, False), nprocs=WORLD)
 
 
 @pytest.mark.parametrize("cls_name", ["AMSGD", "AMAdamW"])

@@ -93,6 +93,54 @@ def test_fused_equals_foreach(cls, variant):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
+FORMULATIONS = [
+    dict(bias_correction=bc, lam_metric=lm)
+    for bc in ("bounded", "exact")
+    for lm in ("preconditioned", "scalar")
+]
+FORMULATION_VARIANTS = [
+    dict(),
+    dict(weight_decay=0.05, beta_scope="per-tensor"),
+    dict(beta_min=0.5, restart_below=0.7),
+    dict(frozen_beta=0.8, lam=0.0),
+]
+
+
+def _formulation_cases() -> list[object]:
+    """Every AM-AdamW formulation with every variant; the inner loop runs the defaults."""
+    cases = []
+    for form in FORMULATIONS:
+        for k, variant in enumerate(FORMULATION_VARIANTS):
+            case = {**form, **variant}
+            fast = k == 0 and form == FORMULATIONS[0]
+            cases.append(case if fast else pytest.param(case, marks=pytest.mark.slow))
+    return cases
+
+
+@pytest.mark.parametrize(
+    "options", _formulation_cases(), ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items())
+)
+def test_fused_am_adamw_formulations_equal_foreach(options):
+    """Each formulation (bounded / exact correction, preconditioned / scalar lam metric) in the
+    kernels equals the foreach step on the full state (momentum, v, and the correction)."""
+    lrs = [0.02 * (0.8**t) for t in range(8)]
+    runs = {}
+    for fused in (False, True):
+        model = _model()
+        opt = AMAdamW(_groups(model, 0.01), lr=0.02, betas=(0.9, 0.99), fused=fused, **options)
+        runs[fused] = (model, opt, _train(model, opt, 8, lrs=lrs))
+    (m1, o1, b1), (m2, o2, b2) = runs[False], runs[True]
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        s1, s2 = o1.state[p], o2.state[q]
+        assert s1.keys() == s2.keys()
+        for key in s1:
+            torch.testing.assert_close(s1[key], s2[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert len(b1) == len(b2)
+    for a, b in zip(b1, b2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("cls", AM_OPTIMIZERS)
 def test_fused_mixed_dtypes_and_low_precision(cls):
     """bf16 and fp32 tensors in one optimizer (one launch per dtype, sums in fp32): the fused

@@ -34,6 +34,36 @@ from torch.testing._internal.common_optimizers import (  # noqa: E402
 CPU = torch.device("cpu")
 
 
+# AM-AdamW's non-default formulations (docs/algorithm.md, section 3), each run through every
+# contract below too
+FORMULATIONS = [
+    ({"bias_correction": "bounded", "lam_metric": "scalar"}, "bounded, scalar lam"),
+    ({"bias_correction": "exact", "lam_metric": "preconditioned"}, "exact, preconditioned lam"),
+    ({"bias_correction": "exact", "lam_metric": "scalar"}, "exact, scalar lam (before 2026-12)"),
+]
+
+
+def _inputs_of(cls: type) -> Callable[..., list[OptimizerInput]]:
+    """`_inputs`, plus the class's own options (AM-AdamW: its formulations, alone and with
+    Restart and per-tensor beta)."""
+
+    def inputs(device: Any, dtype: Any = None) -> list[OptimizerInput]:
+        configs = _inputs(device, dtype)
+        if "bias_correction" in getattr(cls, "options", {}):
+            for kw, desc in FORMULATIONS:
+                configs += [
+                    OptimizerInput(params=None, kwargs=kw, desc=desc),
+                    OptimizerInput(
+                        params=None,
+                        kwargs={**kw, "restart_below": 0.3, "beta_scope": "per-tensor"},
+                        desc=f"{desc}, restart, per-tensor",
+                    ),
+                ]
+        return configs
+
+    return inputs
+
+
 def _inputs(device: Any, dtype: Any = None) -> list[OptimizerInput]:
     """Configurations every AM optimizer takes (a new variant gets them all)."""
     configs = [
@@ -76,7 +106,7 @@ def _error_inputs(device: Any, dtype: Any) -> list[ErrorOptimizerInput]:
         ErrorOptimizerInput(
             OptimizerInput(params=groups, kwargs={}, desc="one beta, two clips"),
             error_type=ValueError,
-            error_regex="beta_max differs between param groups.*per-group",
+            error_regex="beta_max.* differs between param groups.*per-group",
         )
     )
     return get_error_inputs_for_all_optims(device, dtype) + errors
@@ -105,7 +135,7 @@ SCHEDULERS: list[Callable[[torch.optim.Optimizer], Any]] = [
 INFOS = [
     OptimizerInfo(
         cls,
-        optim_inputs_func=_inputs,
+        optim_inputs_func=_inputs_of(cls),
         optim_error_inputs_func=_error_inputs,
         scheduler_inputs=([s] for s in SCHEDULERS),
         supported_impls=("foreach", "fused"),

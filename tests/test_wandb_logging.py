@@ -313,3 +313,7 @@ def test_offline_llm_run_logs_tokens_per_second(tmp_path: Path, wandb_offline: N
         run.tags
     )
     assert run.group == "figure5/smoke/run" and run.job_type == "am_adamw"
+    # the formulation is in the W&B config twice: as configured and as the optimizer holds it
+    assert run.config["optimizer"]["bias_correction"] == "bounded"
+    assert resolved["optimizer"]["bias_correction"] == "bounded"
+    assert resolved["optimizer"]["lam_metric"] == "preconditioned"

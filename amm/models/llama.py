@@ -2,7 +2,8 @@
 
 ``transformers``' ``LlamaForCausalLM`` built from a ``LlamaConfig`` with the paper's sizes
 (the GaLore model family: configs/model/llama_*.yaml): RMSNorm, SiLU gated MLP, rotary
-positions up to 1024, untied input and output embeddings, initializer range 0.02, SDPA
+positions up to 1024, untied input and output embeddings (``tie_word_embeddings`` ties them,
+as nanoGPT does: configs/model/llama_char.yaml), initializer range 0.02, SDPA
 attention. Precision is the trainer's business (``trainer.dtype=bfloat16`` for bf16 weights,
 ``trainer.precision=bf16`` for autocast, ``trainer.compile`` for ``torch.compile``).
 """
@@ -27,6 +28,7 @@ def llama_config(
     rms_norm_eps: float = 1e-6,
     initializer_range: float = 0.02,
     attn_implementation: str = "sdpa",
+    tie_word_embeddings: bool = False,
 ) -> LlamaConfig:
     """The ``LlamaConfig`` of one model size (paper app. E.3)."""
     return LlamaConfig(
@@ -39,7 +41,7 @@ def llama_config(
         rms_norm_eps=rms_norm_eps,
         initializer_range=initializer_range,
         hidden_act="silu",
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         use_cache=False,
         attn_implementation=attn_implementation,
     )
@@ -67,6 +69,7 @@ class LlamaLM(nn.Module):
         rms_norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         attn_implementation: str = "sdpa",
+        tie_word_embeddings: bool = False,
         tf32: bool = True,
         name: str | None = None,
     ) -> None:
@@ -97,6 +100,7 @@ class LlamaLM(nn.Module):
             rms_norm_eps,
             initializer_range,
             attn_implementation,
+            tie_word_embeddings,
         )
         self.lm = LlamaForCausalLM(self.config)
 

@@ -1,18 +1,24 @@
 """Machinery shared by the AM optimizers: options, param groups, the choice of implementation,
 non-finite gradients, sharded parameters, and beta (scope, all-reduce, formula).
 
-A step chooses its implementation once: "single" (one tensor at a time, the reference),
-"foreach" (multi-tensor ops) or "fused" (two Triton passes, see _triton.py). The subclass's
-functional core (`am_sgd`, `am_adamw`) runs that branch; every branch has the same signature
-and calls back into this class through `StepServices` for the two things that are not
-elementwise: the non-finite check and the betas. A branch:
-  1. prepares the effective gradients (AM-SGD: coupled weight decay) or the metric
-     (AM-AdamW: the new second moment and 1 / (sqrt(v) + eps));
-  2. hands `StepServices.betas` a function giving, per tensor, the sums
-     [<g + lam d, g - d>, ||g - d||^2, <g, d>, <g, x>] in the metric (fp32; fp64 for fp64);
-     this class reduces them over the scope (`amm.optim.beta.reduce_scope`), all-reduces them
-     once when the parameters are shards, and applies the formula (`unit_betas`);
-  3. updates momentum and parameters with the per-tensor beta.
+`AdaptiveMemoryOptimizer.step()` runs every step in the same phases, in this order:
+
+  1. gather the tensors that have a gradient, choose the implementation ("single": one tensor
+     at a time, the reference; "foreach": multi-tensor ops; "fused": two Triton passes, see
+     _triton.py), and read each param group's hyper-parameters once into typed values
+     (`GroupHyper`; the cores read nothing from the groups);
+  2. the non-finite check, before anything is written (the fused pass 1 only reads, and gives
+     the gradient norms on the way);
+  3. `core.prepare()`: the optimizer's elementwise preliminaries (AM-SGD: coupled weight decay;
+     AM-AdamW: the new second moment and its metric);
+  4. beta: `core.sums(members)` gives per tensor [b / eta_{t-1}, cross, gap] in the optimizer's
+     metric (fp32; fp64 for fp64); this class reduces them over the scope
+     (`amm.optim.beta.reduce_scope`), all-reduces them once when the parameters are shards, and
+     applies the one formula (`unit_betas`);
+  5. `core.update(beta)`: momentum and parameters with each tensor's beta.
+
+The core (`StepCore`) is one class per optimizer, made fresh each step from the tensors, the
+typed hyper-parameters and the implementation; its three phases branch on the implementation.
 Nothing in `step()` reads a device value on the host, except the non-finite check
 (`nonfinite="raise"|"skip"`, one boolean per step; `nonfinite="off"` removes it).
 """
@@ -20,9 +26,9 @@ Nothing in `step()` reads a device value on the host, except the non-finite chec
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict
 
 import torch
 import torch.distributed as dist
@@ -35,20 +41,20 @@ from amm.optim._tensors import (
     common_sum_dtype,
     local,
     per_tensor,
-    restart_mask,
     squared_norms,
     sum_dtype,
 )
 from amm.optim.beta import BETA_SCOPES, reduce_scope, unit_betas
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack
+    from typing_extensions import Self
 
 PLANE_BIASES = ("linear", "exact")
 NONFINITE_POLICIES = ("raise", "skip", "off")
-# Options of the whole optimizer, with their defaults (the one list of them; their types:
-# `GroupOptions`). They live in `defaults` and every param group (as torch's flags do), so
-# state_dict() records them and deepcopy/pickle keep them; they must agree across groups.
+# Options of the whole optimizer, with their defaults (the list every AM class shares; a class
+# adds its own in `options`; their types: `GroupOptions`). They live in `defaults` and every
+# param group (as torch's flags do), so state_dict() records them and deepcopy/pickle keep
+# them; they must agree across groups.
 OPTION_DEFAULTS: dict[str, Any] = {
     "beta_scope": "global",
     "plane_bias": "linear",
@@ -57,14 +63,8 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "fused": None,
     "maximize": False,
 }
-OPTIMIZER_OPTIONS = tuple(OPTION_DEFAULTS)
 # Implementation options: None in a group means no preference.
 _IMPL_OPTIONS = ("foreach", "fused")
-# Options that change the math: a checkpoint must have been saved with the same values.
-_MATH_OPTIONS = ("beta_scope", "plane_bias", "maximize")
-# Group options that define the single beta of the global scope: they must agree across groups
-# (lam may differ: docs/algorithm.md, section 4).
-_GLOBAL_BETA_OPTIONS = ("beta_min", "beta_max", "restart_below", "frozen_beta")
 # Run-time values kept in each param group, so that state_dict() carries them (a schedule's
 # previous lr and the previous loss, for the plane bias); torch's schedulers keep
 # `initial_lr` there for the same reason.
@@ -100,6 +100,50 @@ class NonFiniteGradientError(RuntimeError):
     """A gradient holds inf or NaN; the step was not applied and no state was changed."""
 
 
+def _number(value: Any) -> float:
+    """A hyper-parameter that may be a 1-element tensor (torch's tensor lr) as a float."""
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+@dataclass(frozen=True)
+class GroupHyper:
+    """One param group's hyper-parameters for one step, read once by `step()` (`read`): the
+    cores and the beta formula take them from here, never from the group dicts."""
+
+    lr: float
+    prev_lr: float | None  # the rate of the group's previous step (None: no step yet)
+    lam: float
+    weight_decay: float
+    beta_min: float
+    beta_max: float
+    restart_below: float | None
+    frozen_beta: float | None
+
+    @classmethod
+    def read(cls, group: dict[str, Any]) -> Self:
+        return cls(**cls.values(group))
+
+    @classmethod
+    def values(cls, group: dict[str, Any]) -> dict[str, Any]:
+        """The fields from a param group (a subclass adds its own)."""
+        prev, rb, fb = group.get("prev_lr"), group["restart_below"], group["frozen_beta"]
+        return dict(
+            lr=_number(group["lr"]),
+            prev_lr=None if prev is None else _number(prev),
+            lam=float(group["lam"]),
+            weight_decay=float(group["weight_decay"]),
+            beta_min=float(group["beta_min"]),
+            beta_max=float(group["beta_max"]),
+            restart_below=None if rb is None else float(rb),
+            frozen_beta=None if fb is None else float(fb),
+        )
+
+
+# Group hyper-parameters that define the single beta of the global scope: they must agree
+# across groups (lam may differ: docs/algorithm.md, section 4).
+_GLOBAL_BETA_FIELDS = ("beta_min", "beta_max", "restart_below", "frozen_beta")
+
+
 @dataclass
 class StepTensors:
     """The tensors of one step, flattened over groups (only parameters that have a gradient)."""
@@ -109,7 +153,7 @@ class StepTensors:
     states: list[dict[str, Any]] = field(default_factory=list)
     group_ids: list[int] = field(default_factory=list)
     where: list[tuple[int, int]] = field(default_factory=list)  # (group, index): error messages
-    # ||grad||^2 per tensor, when the non-finite check or fused pass 1 computed it
+    # ||grad||^2 per tensor, once the non-finite check (or the fused pass 1) computed it
     grad_sq: Tensor | None = None
     # the tensors are shards: per-tensor sums are partial until the all-reduce over this group
     reduce_group: Any = None
@@ -119,42 +163,48 @@ class StepTensors:
         return self.reduce_group is not None
 
 
-# Per-tensor sums for the tensors at the given positions: rows [cross, gap_sq, <g,d>, <g,x>...]
-SumsFn = Callable[[list[int]], Tensor]
-
-
 @dataclass
-class StepServices:
-    """What a functional core needs from its optimizer.
+class StepContext:
+    """What a core uses of its optimizer beyond the step's tensors.
 
-    grads_finite: the non-finite check (raises, or False: skip the step; True when disabled).
-    betas: each tensor's beta (None: first step; float: frozen; 0-dim tensor: adaptive) from
-        a function giving the per-tensor sums of the adaptive tensors.
     scratch: temporaries shaped like a list of tensors (kept between steps on the CPU).
     kernels: the optimizer's fused kernels (fused=True), else None.
     cache: the core's run-time values, kept between steps but never saved (AM-SGD: which
         momentum buffers its kept ||d||^2 belongs to).
+    options: the optimizer's options (one value for all groups), e.g. AM-AdamW's formulation.
     """
 
-    grads_finite: Callable[[StepTensors], bool]
-    betas: Callable[[StepTensors, SumsFn], list[Beta]]
     scratch: Callable[[str, list[Tensor]], list[Tensor]]
     kernels: Any
     cache: dict[Any, Any]
-
-    def fused_sums(
-        self, ts: StepTensors, tensors: list[list[Tensor]], hyper: Tensor, with_decay: bool
-    ) -> Tensor | None:
-        """Pass 1 of a fused step: the kernels' per-tensor sums, whose column 4 (||grad||^2)
-        serves the non-finite check; None when that check skips the step (pass 1 only reads:
-        the state is untouched)."""
-        raw = self.kernels.sums(tensors, hyper, with_decay)
-        ts.grad_sq = raw[:, 4]
-        return raw if self.grads_finite(ts) else None
+    options: dict[str, Any]
 
 
-# A functional core: one step of an optimizer's math on gathered tensors; False if skipped.
-StepFn = Callable[[StepTensors, list[dict[str, Any]], StepServices, Impl], bool]
+class StepCore(Protocol):
+    """One step of an optimizer's math on gathered tensors, in the phases `step()` runs."""
+
+    # a tensor's first step takes the formula's beta (AM-AdamW bounded: d_0 = 0 gives
+    # beta_max) instead of none (AM-SGD, AM-AdamW exact: d_0 = g_0 / m_hat_1 = g_1)
+    first_step_adaptive: bool
+
+    def grad_norms(self) -> Tensor | None:
+        """||grad||^2 per tensor if the core computes them on the way (fused pass 1, which
+        only reads), else None: `step()` computes them. Runs before anything is written."""
+        ...
+
+    def prepare(self) -> None:
+        """Elementwise preliminaries after the non-finite check (may write state)."""
+        ...
+
+    def sums(self, members: list[int]) -> Tensor:
+        """[len(members), 3]: per tensor b / eta_{t-1} (first order), cross and gap of the beta
+        formula (`amm.optim.beta`), in the sums' dtype; reads only."""
+        ...
+
+    def update(self, beta: list[Beta]) -> None:
+        """Momentum and parameters with each tensor's beta (None: no history, float: frozen,
+        0-dim tensor: adaptive)."""
+        ...
 
 
 def check_lr(lr: Any, owner: str) -> None:
@@ -171,28 +221,29 @@ def check_lr(lr: Any, owner: str) -> None:
         raise ValueError(f"{owner}: invalid lr={lr!r}: must be a float >= 0")
 
 
+def check_choice(group: dict[str, Any], key: str, choices: tuple[str, ...], owner: str) -> None:
+    if group[key] not in choices:
+        raise ValueError(f"{owner}: invalid {key}={group[key]!r}; use one of {choices}")
+
+
 def check_options(group: dict[str, Any], owner: str) -> None:
-    """Raise ValueError naming the first invalid optimizer option (see OPTIMIZER_OPTIONS)."""
+    """Raise ValueError naming the first invalid shared option (see OPTION_DEFAULTS)."""
     if group["fused"] and group["foreach"]:
         raise ValueError(f"{owner}: fused=True and foreach=True cannot be set together")
-    scope, bias, nonfinite = group["beta_scope"], group["plane_bias"], group["nonfinite"]
-    if scope not in BETA_SCOPES:
-        raise ValueError(f"{owner}: invalid beta_scope={scope!r}; use one of {BETA_SCOPES}")
-    if bias not in PLANE_BIASES:
-        raise ValueError(f"{owner}: invalid plane_bias={bias!r}; use one of {PLANE_BIASES}")
-    if bias == "exact" and scope != "global":
+    check_choice(group, "beta_scope", BETA_SCOPES, owner)
+    check_choice(group, "plane_bias", PLANE_BIASES, owner)
+    if group["plane_bias"] == "exact" and group["beta_scope"] != "global":
         raise ValueError(
             f"{owner}: plane_bias='exact' uses the loss, a global quantity; "
-            f"it needs beta_scope='global' (got {scope!r})"
+            f"it needs beta_scope='global' (got {group['beta_scope']!r})"
         )
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(
-            f"{owner}: invalid nonfinite={nonfinite!r}; use one of {NONFINITE_POLICIES}"
-        )
+    check_choice(group, "nonfinite", NONFINITE_POLICIES, owner)
 
 
-def check_common_hparams(group: dict[str, Any], owner: str) -> None:
-    """Raise ValueError naming the first invalid hyper-parameter of a param group."""
+def check_common_hparams(group: dict[str, Any], owner: str, beta_max: tuple[str, Any]) -> None:
+    """Raise ValueError naming the first invalid hyper-parameter of a param group (or of the
+    defaults, before torch reads the params). `beta_max`: its name and value in this class
+    (AM-AdamW keeps it as betas[0])."""
 
     def bad(name: str, why: str) -> ValueError:
         return ValueError(f"{owner}: invalid {name}={group[name]!r}: {why}")
@@ -202,10 +253,11 @@ def check_common_hparams(group: dict[str, Any], owner: str) -> None:
         raise bad("weight_decay", "must be >= 0")
     if group["lam"] < 0:
         raise bad("lam", "must be >= 0 (the paper uses 0.1)")
-    if not 0.0 <= group["beta_max"] <= 1.0:
-        raise bad("beta_max", "must be in [0, 1] (the paper uses 0.9)")
-    if not 0.0 <= group["beta_min"] <= group["beta_max"]:
-        raise bad("beta_min", f"must be in [0, beta_max={group['beta_max']}]")
+    name, top = beta_max
+    if not 0.0 <= top <= 1.0:
+        raise ValueError(f"{owner}: invalid {name}={top!r}: must be in [0, 1] (the paper uses 0.9)")
+    if not 0.0 <= group["beta_min"] <= top:
+        raise bad("beta_min", f"must be in [0, {name}={top}]")
     rb = group["restart_below"]
     if rb is not None and not 0.0 <= rb <= 1.0:
         raise bad("restart_below", "must be None or in [0, 1]")
@@ -219,41 +271,46 @@ def has_history(state: dict[str, Any]) -> bool:
     return state["step"].item() > 0  # a CPU tensor (load_state_dict keeps it there): no sync
 
 
-def _number(value: Any) -> float:
-    """A hyper-parameter that may be a 1-element tensor (torch's tensor lr) as a float."""
-    return float(value.item()) if isinstance(value, Tensor) else float(value)
-
-
-def _real(t: Tensor) -> Tensor:
+def real(t: Tensor) -> Tensor:
     """Complex tensors as real tensors of (re, im) pairs: the steps and the beta formula then
     use the real inner product Re <a, b> (docs/algorithm.md, section 5), as torch does."""
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-def restarts(
-    beta: Tensor, betas: list[Beta], groups: list[dict[str, Any]], gids: list[int]
-) -> Tensor | None:
-    """The Restart variant (momentum <- gradient) for each tensor of `beta`: where an adaptive
-    beta falls below its group's `restart_below`. None when no tensor can restart."""
+def restarts(beta: Tensor, betas: list[Beta], hyper: Sequence[GroupHyper]) -> Tensor | None:
+    """The Restart variant for each tensor of `beta` (with its group's `hyper`): where an
+    adaptive beta falls below `restart_below`. None when no tensor can restart."""
     thresholds = [
-        groups[g]["restart_below"] if isinstance(b, Tensor) else None for g, b in zip(gids, betas)
+        h.restart_below if isinstance(b, Tensor) and h.restart_below is not None else None
+        for h, b in zip(hyper, betas)
     ]
-    return restart_mask(beta, thresholds)
+    if all(t is None for t in thresholds):
+        return None
+    thr = [-float("inf") if t is None else t for t in thresholds]
+    return beta < per_tensor(thr, beta.device, beta.dtype)
 
 
 class AdaptiveMemoryOptimizer(Optimizer):
-    """Base class; see the module docstring. Subclasses set `functional` (their core), and
-    implement `_init_state` and `_state_tensors`."""
+    """Base class; see the module docstring. A subclass sets `core` (its `StepCore` class),
+    `hyper` (its `GroupHyper` class), and implements `_init_state` and `_state_tensors`."""
 
-    functional: StepFn
-    _fused_kernels: Any  # the optimizer's fused kernels (fused=True), else None
-    # AM-AdamW: the plane bias includes the decoupled decay term wd <g, x>
-    decoupled_decay = False
+    core: ClassVar[Callable[..., StepCore]]
+    hyper: ClassVar[type[GroupHyper]] = GroupHyper
+    # The options of the whole optimizer and their defaults (a subclass may add its own).
+    options: ClassVar[dict[str, Any]] = OPTION_DEFAULTS
+    # Options that change the math: a checkpoint must have been saved with the same values.
+    math_options: ClassVar[tuple[str, ...]] = ("beta_scope", "plane_bias", "maximize")
+    # What a checkpoint without an option meant (saved before the option existed); else the
+    # default.
+    legacy_options: ClassVar[dict[str, Any]] = {}
     # AM-SGD: weight decay is part of the gradient, so the exact plane bias includes wd/2 ||x||^2
-    coupled_decay = False
-    # Scalar state kept in the sums' dtype (fp32 for bf16/fp16 parameters). torch's
+    coupled_decay: ClassVar[bool] = False
+    # Where this class keeps beta_max (its name in error messages): AM-AdamW's is betas[0].
+    beta_max_key: ClassVar[str] = "beta_max"
+    # Scalar (0-dim) state kept in the sums' dtype (fp32 for bf16/fp16 parameters). torch's
     # load_state_dict casts floating state to the parameter's dtype; these keys are restored.
-    _sum_state_keys: tuple[str, ...] = ()
+    _sum_state_keys: ClassVar[tuple[str, ...]] = ()
+    _fused_kernels: Any  # the optimizer's fused kernels (fused=True), else None
 
     def __init__(
         self,
@@ -263,10 +320,10 @@ class AdaptiveMemoryOptimizer(Optimizer):
         differentiable: bool = False,
         capturable: bool = False,
         process_group: Any = None,
-        **group_options: Unpack[GroupOptions],
+        **group_options: Any,
     ) -> None:
         name = type(self).__name__
-        unknown = sorted(set(group_options) - set(OPTION_DEFAULTS))
+        unknown = sorted(set(group_options) - set(self.options))
         if unknown:  # **group_options takes any name: refuse the unknown ones, as Python would
             raise TypeError(f"{name}.__init__() got unexpected keyword arguments {unknown}")
         if differentiable:
@@ -280,10 +337,11 @@ class AdaptiveMemoryOptimizer(Optimizer):
                 "(step counts, learning rates) on the host, so it cannot be captured in a "
                 "CUDA graph; use capturable=False"
             )
-        check_lr(defaults["lr"], name)  # before torch reads the params, as torch does
-        options: dict[str, Any] = {**OPTION_DEFAULTS, **group_options}
+        options: dict[str, Any] = {**self.options, **group_options}
         options["maximize"] = bool(options["maximize"])
-        check_options(options, name)
+        # every hyper-parameter and option is checked before torch reads the params, as torch
+        # does (a bad value is a ValueError naming it, whatever `params` is)
+        self._check_group({**defaults, **options})
         self.process_group = process_group
         self._init_runtime()
         super().__init__(params, {**defaults, **options})
@@ -311,13 +369,18 @@ class AdaptiveMemoryOptimizer(Optimizer):
         self.__dict__.setdefault("process_group", None)
         if "_scratch_cache" not in self.__dict__:
             self._init_runtime()
-        for group in self.param_groups:  # checkpoints from before the options were saved
-            for key in OPTIMIZER_OPTIONS:
-                group.setdefault(key, self.defaults[key])
+        for group in [self.defaults, *self.param_groups]:  # pickled before an option existed
+            self._upgrade_group(group)
+        for group in self.param_groups:
             for key in _RUNTIME_GROUP_KEYS:
                 group.setdefault(key, None)
         if self.param_groups and self.fused and self._fused_kernels is None:
             self._fused_kernels = self._make_kernels()
+
+    def _upgrade_group(self, group: dict[str, Any]) -> None:
+        """A group saved before some option existed: the value it was saved with."""
+        for key, default in self.options.items():
+            group.setdefault(key, self.legacy_options.get(key, default))
 
     # ---- the options (one value for all groups) --------------------------------------------
     def _option(self, key: str) -> Any:
@@ -365,25 +428,27 @@ class AdaptiveMemoryOptimizer(Optimizer):
         raise NotImplementedError
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load_state_dict, and: the checkpoint's math options (beta_scope, plane_bias,
-        maximize) must match this optimizer's (a clear error, not a silently different
-        method); its implementation options (nonfinite, foreach, fused) give way to this
-        optimizer's, which belong to the machine and run that loads it."""
+        """torch's load_state_dict, and: the checkpoint's math options (`math_options`: beta
+        scope, plane bias, maximize, and a class's own, e.g. AM-AdamW's formulation) must match
+        this optimizer's (a clear error, not a silently different method); its implementation
+        options (nonfinite, foreach, fused) give way to this optimizer's, which belong to the
+        machine and run that loads it."""
         name = type(self).__name__
         for saved_group in state_dict["param_groups"]:
-            for key in _MATH_OPTIONS:
-                if key in saved_group and saved_group[key] != self._option(key):
+            for key in self.math_options:
+                saved = saved_group.get(key, self.legacy_options.get(key))
+                if saved is not None and saved != self._option(key):
                     raise ValueError(
                         f"{name}.load_state_dict: the checkpoint was saved with "
-                        f"{key}={saved_group[key]!r}, this optimizer has "
-                        f"{key}={self._option(key)!r}; construct it with the checkpoint's "
-                        f"{key} to continue that run"
+                        f"{key}={saved!r}, this optimizer has {key}={self._option(key)!r}; "
+                        f"construct it with {key}={saved!r} to continue that run"
                     )
-        mine = {key: self._option(key) for key in OPTIMIZER_OPTIONS}
+        mine = {key: self._option(key) for key in self.options}
         saved = state_dict["state"]
         saved_ids = [g["params"] for g in state_dict["param_groups"]]
         super().load_state_dict(state_dict)
         for group in self.param_groups:
+            self._upgrade_group(group)
             group.update(mine)
         for group, ids in zip(self.param_groups, saved_ids):
             for p, pid in zip(group["params"], ids):
@@ -392,7 +457,7 @@ class AdaptiveMemoryOptimizer(Optimizer):
                 state = self.state[p]
                 for key in self._sum_state_keys:
                     value = saved.get(pid, {}).get(key)
-                    if isinstance(value, Tensor):
+                    if isinstance(value, Tensor) and value.dim() == 0:  # per-element: p's dtype
                         state[key] = value.to(p.device, sum_dtype(p), copy=True)
                 # the step count is a CPU float tensor (read on the host without a sync); older
                 # checkpoints and other libraries write a plain number, and torch moves it to
@@ -420,12 +485,11 @@ class AdaptiveMemoryOptimizer(Optimizer):
         for key in _RUNTIME_GROUP_KEYS:
             group.setdefault(key, None)
         self._check_group(group)
-        check_options(group, type(self).__name__)
         self._check_across_groups(group)
 
     def _check_across_groups(self, group: dict[str, Any]) -> None:
         name, first = type(self).__name__, self.param_groups[0]
-        for key in OPTIMIZER_OPTIONS:
+        for key in self.options:
             if key in _IMPL_OPTIONS and group[key] is None:
                 continue
             mine = self._option(key) if key in _IMPL_OPTIONS else first[key]
@@ -435,22 +499,30 @@ class AdaptiveMemoryOptimizer(Optimizer):
                     f"{group[key]!r}); it is an option of the whole optimizer: set it once"
                 )
         if first["beta_scope"] == "global":
-            for key in _GLOBAL_BETA_OPTIONS:
-                if group[key] != first[key]:
+            ours, theirs = self.hyper.read(first), self.hyper.read(group)
+            for key in _GLOBAL_BETA_FIELDS:
+                a, b = getattr(ours, key), getattr(theirs, key)
+                if a != b:
+                    shown = self.beta_max_key if key == "beta_max" else key
                     raise ValueError(
-                        f"{name}: {key} differs between param groups "
-                        f"({first[key]!r} vs {group[key]!r}); with beta_scope='global' one beta "
-                        "is shared by all groups, so use beta_scope='per-group' instead"
+                        f"{name}: {shown} differs between param groups ({a!r} vs {b!r}); "
+                        "with beta_scope='global' one beta is shared by all groups, so use "
+                        "beta_scope='per-group' instead"
                     )
 
     def _check_all_groups(self) -> None:
         for group in self.param_groups:
             self._check_group(group)
-            check_options(group, type(self).__name__)
             self._check_across_groups(group)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_common_hparams(group, type(self).__name__)
+        """Every hyper-parameter and option of a param group (or of the defaults)."""
+        name = type(self).__name__
+        check_common_hparams(group, name, (self.beta_max_key, self._beta_max(group)))
+        check_options(group, name)
+
+    def _beta_max(self, group: dict[str, Any]) -> Any:
+        return group["beta_max"]
 
     # ---- what a trainer reads -------------------------------------------------------------
     @property
@@ -460,7 +532,11 @@ class AdaptiveMemoryOptimizer(Optimizer):
         return self._last_beta
 
     def beta_stats(self) -> dict[str, Tensor]:
-        """0-dim device tensors to log (no host sync here): beta, plus min/max for scoped betas."""
+        """0-dim device tensors to log (no host sync here): beta, plus min/max for scoped
+        betas. Empty until a step has computed an adaptive beta: AM-SGD's first step has no
+        momentum to weigh (d_0 = g_0), so its first beta comes with the second step; AM-AdamW
+        (bounded correction) has one from the first step (beta_max); frozen betas never
+        report one."""
         beta = self._last_beta
         if beta is None:
             return {}
@@ -498,27 +574,28 @@ class AdaptiveMemoryOptimizer(Optimizer):
             return loss
         ts.reduce_group = self._reduce_group(ts)
         impl = self._choose_impl(ts)  # the one decision of this step
-        # the cores read plain numbers: a tensor lr (torch allows one) is read once here
-        groups = [{**g, "lr": _number(g["lr"])} for g in self.param_groups]
-        objective = self._objective(ts, groups, loss)
-
-        def betas(ts: StepTensors, sums: SumsFn) -> list[Beta]:
-            return self._betas(ts, groups, sums, objective)
-
-        services = StepServices(
-            self._grads_finite, betas, self.scratch, self._fused_kernels, self._core_cache
+        hyper = [self.hyper.read(g) for g in self.param_groups]  # read once, typed
+        context = StepContext(
+            self.scratch,
+            self._fused_kernels,
+            self._core_cache,
+            {key: self._option(key) for key in self.options},
         )
-        if not type(self).functional(ts, groups, services, impl):
+        core = type(self).core(ts, hyper, impl, context)
+        if not self._grads_finite(ts, core.grad_norms()):
             return loss  # nonfinite="skip": nothing changed
+        core.prepare()
+        objective = self._objective(ts, hyper, loss)
+        core.update(self._betas(ts, hyper, core, objective))
         torch._foreach_add_([st["step"] for st in ts.states], 1.0)
-        for group, used in zip(self.param_groups, groups):
-            group["prev_lr"] = used["lr"]
+        for group, used in zip(self.param_groups, hyper):
+            group["prev_lr"] = used.lr
             if objective is not None:
                 group["prev_loss"] = objective.clone()
         return loss
 
     def _objective(
-        self, ts: StepTensors, groups: list[dict[str, Any]], loss: Tensor | None
+        self, ts: StepTensors, hyper: list[GroupHyper], loss: Tensor | None
     ) -> Tensor | None:
         """The value of the function the gradient belongs to, for the exact plane bias (None
         for the linear one): the loss, negated with maximize, plus the coupled weight decay
@@ -527,13 +604,13 @@ class AdaptiveMemoryOptimizer(Optimizer):
             return None
         value = loss.detach().reshape(())
         value = -value if self.maximize else value
-        if not self.coupled_decay or all(g["weight_decay"] == 0 for g in groups):
+        if not self.coupled_decay or all(h.weight_decay == 0 for h in hyper):
             return value
-        decayed = [i for i, gid in enumerate(ts.group_ids) if groups[gid]["weight_decay"] != 0]
+        decayed = [i for i, gid in enumerate(ts.group_ids) if hyper[gid].weight_decay != 0]
         if decayed:
             sq = squared_norms([ts.params[i] for i in decayed])
             wd = per_tensor(
-                [groups[ts.group_ids[i]]["weight_decay"] for i in decayed], sq.device, sq.dtype
+                [hyper[ts.group_ids[i]].weight_decay for i in decayed], sq.device, sq.dtype
             )
             reg = (wd / 2 * sq).sum().to(common_sum_dtype(ts.params))
         else:  # the decayed groups have no gradients here (another rank may have some)
@@ -557,9 +634,9 @@ class AdaptiveMemoryOptimizer(Optimizer):
                     )
                 state = self.state[p]
                 if not state:
-                    self._init_state(_real(p), state)
-                grad = _real(local(p.grad))
-                ts.params.append(_real(local(p)))
+                    self._init_state(real(p), state)
+                grad = real(local(p.grad))
+                ts.params.append(real(local(p)))
                 ts.grads.append(-grad if maximize else grad)
                 ts.states.append(state)
                 ts.group_ids.append(gi)
@@ -613,12 +690,12 @@ class AdaptiveMemoryOptimizer(Optimizer):
                     return mesh.get_group()
         return None
 
-    def _grads_finite(self, ts: StepTensors) -> bool:
-        """One boolean read on the host; raises or tells the caller to skip the step."""
+    def _grads_finite(self, ts: StepTensors, grad_sq: Tensor | None) -> bool:
+        """One boolean read on the host; raises or tells the caller to skip the step.
+        `grad_sq`: ||grad||^2 per tensor if the core computed them, else computed here."""
         if self.nonfinite == "off":
             return True
-        if ts.grad_sq is None:  # the fused pass 1 computes it on the way
-            ts.grad_sq = squared_norms(ts.grads)
+        ts.grad_sq = squared_norms(ts.grads) if grad_sq is None else grad_sq
         bad = ~torch.isfinite(ts.grad_sq)
         any_bad = bad.any().float()
         if ts.reduce_group is not None:
@@ -644,60 +721,64 @@ class AdaptiveMemoryOptimizer(Optimizer):
     def _betas(
         self,
         ts: StepTensors,
-        groups: list[dict[str, Any]],
-        sums: SumsFn,
+        hyper: list[GroupHyper],
+        core: StepCore,
         objective: Tensor | None,
     ) -> list[Beta]:
-        """Per tensor: a frozen float, a 0-dim device tensor, or None (no history: first step).
-        `objective`: the function value for the exact plane bias (see `_objective`)."""
-        history = [i for i, st in enumerate(ts.states) if has_history(st)]
+        """Per tensor: a frozen float, a 0-dim device tensor, or None (no history, for cores
+        whose first step has no beta). `objective`: the function value for the exact plane bias
+        (see `_objective`)."""
         beta: list[Beta] = [None] * len(ts.params)
-        frozen = [groups[g]["frozen_beta"] for g in ts.group_ids]
-        adaptive = [i for i in history if frozen[i] is None]
-        for i in history:
-            if frozen[i] is not None:
-                beta[i] = float(frozen[i])
+        adaptive, moved = [], []
+        for i, (st, gid) in enumerate(zip(ts.states, ts.group_ids)):
+            history = has_history(st)
+            if not (history or core.first_step_adaptive):
+                continue
+            frozen = hyper[gid].frozen_beta
+            if frozen is not None:
+                beta[i] = frozen
+            else:
+                adaptive.append(i)
+                moved.append(history)
         if not adaptive:
             return beta
 
-        rows = sums(adaptive)  # [n, >= 4]: cross, gap_sq, <g,d>, <g,x>
+        rows = core.sums(adaptive)  # [n, 3]: b / eta_{t-1}, cross, gap
         device, dtype = rows.device, rows.dtype
-        gids = [ts.group_ids[i] for i in adaptive]
-        eta = per_tensor([groups[g]["lr"] for g in gids], device, dtype)
-        # the previous step's rate, 0 included (a warmup from 0 did not move x: b = 0); only a
-        # group without one (no step yet) takes its current rate
-        prev = [groups[g]["prev_lr"] for g in gids]
+        hs = [hyper[ts.group_ids[i]] for i in adaptive]
+        eta = per_tensor([h.lr for h in hs], device, dtype)
+        # the previous step's rate, 0 included (a warmup from 0 did not move x: b = 0); a group
+        # without one (e.g. an old checkpoint) takes its current rate; a tensor that has not
+        # moved yet has no previous step at all: b = 0
         eta_prev = per_tensor(
-            [groups[g]["lr"] if p is None else _number(p) for g, p in zip(gids, prev)],
+            [(h.lr if h.prev_lr is None else h.prev_lr) if m else 0.0 for h, m in zip(hs, moved)],
             device,
             dtype,
         )
-        g_dot_d = rows[:, 2]
-        if self.decoupled_decay:
-            wd = per_tensor([groups[g]["weight_decay"] for g in gids], device, dtype)
-            g_dot_d = g_dot_d + wd * rows[:, 3]
         # exact: f(x_{t-1}) - f(x_t) is added after the reduction (it is global already);
-        # without a previous loss (e.g. an old checkpoint) fall back to the first-order bias
-        exact = self.plane_bias == "exact" and groups[0]["prev_loss"] is not None
-        plane = torch.zeros_like(g_dot_d) if exact else eta_prev * g_dot_d
-        lams = [groups[g]["lam"] for g in gids]
+        # without a previous loss (the first step, an old checkpoint) the first-order bias
+        prev_loss = self.param_groups[0]["prev_loss"]
+        exact = self.plane_bias == "exact" and prev_loss is not None
+        plane = torch.zeros_like(rows[:, 0]) if exact else eta_prev * rows[:, 0]
+        lams = [h.lam for h in hs]
         mixed_lam = self.beta_scope == "global" and len(set(lams)) > 1
         if mixed_lam:  # one dual over groups with their own lam: weights eta_g / (1 + lam_g)
             eta = eta / (1 + per_tensor(lams, device, dtype))
-        weighted = torch.stack([plane, eta * rows[:, 0], eta * rows[:, 1]], dim=1)
+        weighted = torch.stack([plane, eta * rows[:, 1], eta * rows[:, 2]], dim=1)
 
+        gids = [ts.group_ids[i] for i in adaptive]
         packed, unit_of = reduce_scope(weighted, self.beta_scope, gids)
         if ts.reduce_group is not None:
             dist.all_reduce(packed, group=ts.reduce_group)  # the one collective of a sharded step
         if exact:
             assert objective is not None  # step() checks that there is a loss
-            prev_loss = groups[0]["prev_loss"].to(device=device, dtype=dtype)
-            packed[:, 0] = prev_loss - objective.to(device=device, dtype=dtype)
+            prev = prev_loss.to(device=device, dtype=dtype)
+            packed[:, 0] = prev - objective.to(device=device, dtype=dtype)
 
-        unit_gid = {u: g for u, g in zip(unit_of, gids)}
+        unit_hyper = {u: h for u, h in zip(unit_of, hs)}
         settings = [
-            (0.0 if mixed_lam else groups[g]["lam"], groups[g]["beta_min"], groups[g]["beta_max"])
-            for g in (unit_gid[u] for u in range(packed.shape[0]))
+            (0.0 if mixed_lam else h.lam, h.beta_min, h.beta_max)
+            for h in (unit_hyper[u] for u in range(packed.shape[0]))
         ]
         unit_beta = unit_betas(packed, settings)
         self._last_beta = unit_beta

@@ -103,12 +103,3 @@ def by_group(group_ids: list[int]) -> dict[int, list[int]]:
     for i, g in enumerate(group_ids):
         out.setdefault(g, []).append(i)
     return out
-
-
-def restart_mask(beta: Tensor, thresholds: list[float | None]) -> Tensor | None:
-    """Where the Restart variant resets the momentum: beta below the tensor's `restart_below`
-    (None: never). None when no tensor restarts at all."""
-    if all(t is None for t in thresholds):
-        return None
-    thr = [-float("inf") if t is None else t for t in thresholds]
-    return beta < per_tensor(thr, beta.device, beta.dtype)

@@ -132,16 +132,16 @@ if triton is not None:
             tl.store(ptrs, value.to(DTYPE))
 
     @triton.jit
-    def _each_block(body: tl.constexpr, args, full, DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr,
+    def _each_block(body: tl.constexpr, args, full, DTYPE: tl.constexpr, FLAGS: tl.constexpr,
                     BLOCK: tl.constexpr, ALIGNED: tl.constexpr, UPDATE: tl.constexpr):  # fmt: skip
-        """`body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, MASKED, UPDATE)` on this program's
+        """`body(*args, DTYPE, FLAGS, BLOCK, ALIGNED, MASKED, UPDATE)` on this program's
         block (UPDATE: pass 2): MASKED=False (vectorised) when the block lies wholly inside its
         tensor (`full`), True for a tensor's last block. (The constexprs are passed one by one:
         in a tuple they would become run-time values.)"""
         if full:
-            body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, False, UPDATE)
+            body(*args, DTYPE, FLAGS, BLOCK, ALIGNED, False, UPDATE)
         else:
-            body(*args, DTYPE, WITH_DECAY, BLOCK, ALIGNED, True, UPDATE)
+            body(*args, DTYPE, FLAGS, BLOCK, ALIGNED, True, UPDATE)
 
     @triton.jit
     def _segment_sum_kernel(partials, block_offsets, out, NCOL: tl.constexpr, RBLOCK: tl.constexpr):
@@ -265,9 +265,10 @@ class Launcher:
     # torch.compile runs the launches eagerly (a graph break): Dynamo cannot trace the pointer
     # tables or Triton's launcher, and the kernels are already fused.
     @torch.compiler.disable
-    def sums(self, tensors: list[list[Tensor]], hyper: Tensor, with_decay: bool) -> Tensor:
+    def sums(self, tensors: list[list[Tensor]], hyper: Tensor, flags: int) -> Tensor:
         """Pass 1 over all tensors: [tensors, NCOL] fp32 (columns as the kernel writes them).
-        `hyper`: one row per tensor; `with_decay`: some tensor has weight decay."""
+        `hyper`: one row per tensor; `flags`: the kernels' compile-time switches (bit 0: some
+        tensor has weight decay; the optimizer's kernels define the others)."""
         first = tensors[0]
         device = first[0].device
         rows = torch.zeros(len(first), NCOL, dtype=torch.float32, device=device)
@@ -282,7 +283,7 @@ class Launcher:
                     hyper,
                     partials,
                     NCOL=NCOL,
-                    WITH_DECAY=with_decay,
+                    FLAGS=flags,
                 )
                 out = torch.empty(len(launch.members), NCOL, dtype=torch.float32, device=device)
                 _segment_sum_kernel[(len(launch.members),)](
@@ -296,16 +297,14 @@ class Launcher:
 
     @torch.compiler.disable
     def update(
-        self, tensors: list[list[Tensor]], hyper: Tensor, weights: Tensor, with_decay: bool
+        self, tensors: list[list[Tensor]], hyper: Tensor, weights: Tensor, flags: int
     ) -> None:
         """Pass 2 over all tensors, with each tensor's momentum weight `weights` (fp32)."""
         first = tensors[0]
         with _current_device(first[0].device):  # Triton launches on the current device
             for k, launch in enumerate(self._launches(first)):
                 w = _select(weights, launch.members)
-                self._launch(
-                    self.update_kernel, tensors, launch, k, hyper, w, WITH_DECAY=with_decay
-                )
+                self._launch(self.update_kernel, tensors, launch, k, hyper, w, FLAGS=flags)
 
 
 def _current_device(device: torch.device) -> Any:

@@ -1,7 +1,12 @@
-"""AM-AdamW's fused passes (Triton): pass 1 reads g, m, v (and x when weight decay needs
-<g, x>) and returns each tensor's sums; pass 2 reads g, m, v, x and writes m, v, x: 10 (11)
-passes over 4-byte state against fused AdamW's 7. The second moment is recomputed in pass 2
-instead of being stored in pass 1 (same traffic, and pass 1 stays read-only).
+"""AM-AdamW's fused passes (Triton): pass 1 reads g, d, v (and x when weight decay needs
+<g, x>) and returns each tensor's sums; pass 2 reads g, d, v, x and writes d, v, x: 10 (11)
+passes over 4-byte state against fused AdamW's 7 (the exact correction with the
+preconditioned metric reads and writes its per-element c too). The second moment is
+recomputed in pass 2 instead of being stored in pass 1 (same traffic, and pass 1 stays
+read-only).
+
+FLAGS (compile-time): bit 0 weight decay, bit 1 the preconditioned lam metric (M = P^2),
+bit 2 the exact correction kept per element (with bit 1).
 """
 
 from __future__ import annotations
@@ -15,39 +20,66 @@ if triton is not None:
 
     @triton.jit
     def _am_adamw_block(
-        g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, sums_or_weights,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+        g_tab, d_tab, v_tab, x_tab, c_tab, t, offs, mask, hyper, sums_or_weights,
+        DTYPE: tl.constexpr, FLAGS: tl.constexpr, BLOCK: tl.constexpr,
         ALIGNED: tl.constexpr, MASKED: tl.constexpr, UPDATE: tl.constexpr,
     ):  # fmt: skip
-        """One block of either pass. Both start from the block's g, m_hat, the new second
-        moment v and inv = 1 / (sqrt(v) + eps) (IEEE-rounded like torch's ops; 0 outside the
-        tensor). Pass 1 (UPDATE=False) stores the block's sums at `sums_or_weights`; pass 2
-        reads the tensor's momentum weight w there and writes v, m_hat and x."""
-        beta2, eps = tl.load(hyper + t * 4), tl.load(hyper + t * 4 + 1)
+        """One block of either pass. Both start from the block's g, d, the new second moment v
+        and P^-1 = factor / (sqrt(v) + eps) (IEEE-rounded; a finite stand-in outside the tensor). Pass 1
+        (UPDATE=False) stores the block's sums at `sums_or_weights`; pass 2 reads the
+        tensor's [take, kappa, factor, beta, restart] there and writes v, d (and c) and x."""
+        beta2, eps = tl.load(hyper + t * 6), tl.load(hyper + t * 6 + 1)
+        lam = tl.load(hyper + t * 6 + 2)
         g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        m = _load(m_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+        d = _load(d_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         v = _load(v_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         v = beta2 * v + (1.0 - beta2) * g * g
         inv = tl.div_rn(tl.zeros_like(v) + 1.0, tl.sqrt_rn(v) + eps)  # both operands blocks
-        inv = tl.where(mask, inv, 0.0)
+        # outside the tensor g, d, v, x load as 0: a finite inv keeps every product there 0
+        inv = tl.where(mask, inv, 1.0)
         if UPDATE:
-            decay, step = tl.load(hyper + t * 4 + 2), tl.load(hyper + t * 4 + 3)
-            w = tl.load(sums_or_weights + t)
+            decay, neg_lr = tl.load(hyper + t * 6 + 3), tl.load(hyper + t * 6 + 4)
+            w_row = sums_or_weights + t * 5
+            take, kappa, factor = tl.load(w_row), tl.load(w_row + 1), tl.load(w_row + 2)
+            pinv = factor * inv
             x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-            m = m + w * (g - m)  # m_hat <- lerp(m_hat, g, w)
-            if WITH_DECAY:  # decoupled weight decay: decay = 1 - lr wd (1 for every tensor else)
+            if FLAGS & 4:  # exact, per element: w = (1 - b) / ((b + lam P) c + 1 - b)
+                beta, restart = tl.load(w_row + 3), tl.load(w_row + 4)
+                c = _load(c_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
+                q = lam / pinv
+                keep = (beta + q) * c
+                w = (1.0 - beta) / (keep + (1.0 - beta))
+                c = (keep + (1.0 - beta)) / (1.0 + q)
+                w = tl.where(w == w, w, 0.0)  # 0/0 only for beta = 1 with c = 0
+                w = tl.where(restart != 0.0, 1.0, w)  # a restart: m_hat <- g, c <- 1
+                c = tl.where(restart != 0.0, 1.0, c)
+                _store(c_tab, t, offs, mask, c, DTYPE, BLOCK, MASKED, ALIGNED)
+            elif FLAGS & 2:  # w = take / (1 + lam P) = take P^-1 / (P^-1 + lam)
+                w = take * pinv / (pinv + lam)
+            else:
+                w = tl.zeros_like(v) + take
+            d = kappa * d
+            d = d + w * (g - d)  # d <- lerp(kappa d, g, w)
+            if FLAGS & 1:  # decoupled weight decay: decay = 1 - lr wd (1 for every tensor else)
                 x = x * decay
-            x = x + step * m * inv
+            x = x + neg_lr * pinv * d
             _store(v_tab, t, offs, mask, v, DTYPE, BLOCK, MASKED, ALIGNED)
-            _store(m_tab, t, offs, mask, m, DTYPE, BLOCK, MASKED, ALIGNED)
+            _store(d_tab, t, offs, mask, d, DTYPE, BLOCK, MASKED, ALIGNED)
             _store(x_tab, t, offs, mask, x, DTYPE, BLOCK, MASKED, ALIGNED)
         else:
             out = sums_or_weights
-            u = g * inv
-            tl.store(out, tl.sum(g * u, axis=0))  # ||g||_P^2 (unscaled)
-            tl.store(out + 1, tl.sum(m * u, axis=0))  # <g, d>_P
-            tl.store(out + 2, tl.sum(m * m * inv, axis=0))  # ||d||_P^2
-            if WITH_DECAY:
+            pinv = tl.load(hyper + t * 6 + 5) * inv
+            e = g - d
+            tl.store(out, tl.sum(g * d * pinv, axis=0))  # <g, P^-1 d>
+            if FLAGS & 2:  # W' = (1 + lam) P^-1 / (1 + lam P), 1 / (1 + lam P) = P^-1/(P^-1 + lam)
+                r = pinv / (pinv + lam)
+                cross = tl.sum(g * e * r * pinv + lam * d * e * r, axis=0) * (1.0 + lam)
+                tl.store(out + 1, cross)
+                tl.store(out + 2, tl.sum(e * e * r * pinv, axis=0) * (1.0 + lam))
+            else:  # W' = P^-1
+                tl.store(out + 1, tl.sum((g + lam * d) * e * pinv, axis=0))
+                tl.store(out + 2, tl.sum(e * e * pinv, axis=0))
+            if FLAGS & 1:
                 x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
                 tl.store(out + 3, tl.sum(g * x, axis=0))
             else:
@@ -56,33 +88,34 @@ if triton is not None:
 
     @triton.jit
     def _am_adamw_sums_kernel(
-        g_tab, m_tab, v_tab, x_tab, numels, block_tensor, block_start, hyper, partials,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
+        g_tab, d_tab, v_tab, x_tab, c_tab, numels, block_tensor, block_start, hyper, partials,
+        DTYPE: tl.constexpr, FLAGS: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
         ALIGNED: tl.constexpr,
     ):  # fmt: skip
         pid, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
         out = partials + pid * NCOL
-        args = (g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, out)
-        _each_block(_am_adamw_block, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED, False)
+        args = (g_tab, d_tab, v_tab, x_tab, c_tab, t, offs, mask, hyper, out)
+        _each_block(_am_adamw_block, args, full, DTYPE, FLAGS, BLOCK, ALIGNED, False)
 
     @triton.jit
     def _am_adamw_update_kernel(
-        g_tab, m_tab, v_tab, x_tab, numels, block_tensor, block_start, hyper, weights,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+        g_tab, d_tab, v_tab, x_tab, c_tab, numels, block_tensor, block_start, hyper, weights,
+        DTYPE: tl.constexpr, FLAGS: tl.constexpr, BLOCK: tl.constexpr,
         ALIGNED: tl.constexpr,
     ):  # fmt: skip
         _, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
-        args = (g_tab, m_tab, v_tab, x_tab, t, offs, mask, hyper, weights)
-        _each_block(_am_adamw_block, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED, True)
+        args = (g_tab, d_tab, v_tab, x_tab, c_tab, t, offs, mask, hyper, weights)
+        _each_block(_am_adamw_block, args, full, DTYPE, FLAGS, BLOCK, ALIGNED, True)
 
 
 def am_adamw_kernels() -> Launcher:
-    """The two passes of a fused AM-AdamW step, over the tensor lists [grads, m_hat, v, x], with
-    hyper [tensors, 4] fp32 (beta2, eps sqrt(1 - beta2^t), decay, step size). Pass 1's columns:
-    ||g||_P^2, <g, d>_P, ||d||_P^2 (times sqrt(1 - beta2^t) gives the metric of
-    docs/algorithm.md), <g, x>, ||g||^2. Pass 2: v <- beta2 v + (1 - beta2) g^2;
-    m_hat <- lerp(m_hat, g, w); x <- decay x + step m_hat / (sqrt(v) + eps sqrt(1 - beta2^t))
-    (without weight decay every decay is 1 and x is not multiplied)."""
+    """The two passes of a fused AM-AdamW step, over the tensor lists [grads, d, v, x, c] (c:
+    the per-element exact correction, else a placeholder never read), with hyper [tensors, 6]
+    fp32 (beta2, eps sqrt(1 - beta2^t), lam, 1 - lr wd, -lr, factor), where P^-1 = factor /
+    (sqrt(v) + eps sqrt(1 - beta2^t)), factor = sqrt(1 - beta2^t) / B. Pass 1's columns:
+    <g, P^-1 d>, cross and gap in W' (amm.optim.am_adamw), <g, x>, ||g||^2. Pass 2, with
+    weights [tensors, 5] (take, kappa, factor, beta, restart): v <- beta2 v + (1 - beta2) g^2,
+    d <- lerp(kappa d, g, w), x <- (1 - lr wd) x - lr P^-1 d."""
     if triton is None:  # the step falls back to foreach (_triton.unsupported_reason)
         return Launcher()
     return Launcher(_am_adamw_sums_kernel, _am_adamw_update_kernel)

@@ -5,15 +5,15 @@
 with beta_t from `amm.optim.beta` (docs/algorithm.md, sections 1-2). Weight decay is coupled
 (added to the gradient, i.e. part of the modelled function), as in torch.optim.SGD.
 
-The functional core `am_sgd` runs one of three branches with the same signature:
-`_single_tensor_am_sgd` (the reference), `_multi_tensor_am_sgd` (foreach) and `_fused_am_sgd`
+`AMSGDStep` is the step's core in the phases of `AdaptiveMemoryOptimizer.step()`: prepare (the
+effective gradients), sums (||g||^2, <g, d>, ||d||^2 per tensor), update (the heavy-ball step);
+each phase branches on the implementation: single-tensor (the reference), foreach, or fused
 (Triton, am_sgd_kernels.py).
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,9 +21,10 @@ from torch import Tensor
 
 from amm.optim._base import (
     AdaptiveMemoryOptimizer,
+    GroupHyper,
     Impl,
     OptimizerOptions,
-    StepServices,
+    StepContext,
     StepTensors,
     restarts,
 )
@@ -48,26 +49,21 @@ if TYPE_CHECKING:
 # ---- the sums of the beta formula ---------------------------------------------------------
 
 
-def _single_tensor_am_sgd_sums(grads: list[Tensor], bufs: list[Tensor], lam: float) -> Tensor:
-    """Reference: the formulas literally, one tensor at a time. Rows [cross, gap_sq, <g,d>, 0]."""
-    dtype = common_sum_dtype(grads)
-    rows = []
-    for g, d in zip(grads, bufs):
-        g, d = g.to(dtype), d.to(dtype)
-        zero = torch.zeros((), dtype=dtype, device=g.device)
-        rows.append(torch.stack([dot(g + lam * d, g - d), dot(g - d, g - d), dot(g, d), zero]))
-    return torch.stack(rows)
+def _single_tensor_sums(g: Tensor, d: Tensor, lam: float, dtype: torch.dtype) -> Tensor:
+    """Reference: the formulas literally. Row [<g, d>, <g + lam d, g - d>, ||g - d||^2]."""
+    g, d = g.to(dtype), d.to(dtype)
+    return torch.stack([dot(g, d), dot(g + lam * d, g - d), dot(g - d, g - d)])
 
 
-def _multi_tensor_am_sgd_sums(
+def _multi_tensor_sums(
     grads: list[Tensor],
     bufs: list[Tensor],
-    lam: float,
+    lam: Tensor | float,
     g_sq: Tensor | None = None,
     d_sq: Tensor | None = None,
 ) -> Tensor:
     """foreach: ||g||^2, ||d||^2 and <g, d> per tensor, reading g and d without temporaries.
-    Rows [cross, gap_sq, <g,d>, ||g||^2, ||d||^2]; the squared norms can be passed in."""
+    Rows [<g, d>, cross, gap, ||g||^2, ||d||^2]; the squared norms can be passed in."""
     dtype = common_sum_dtype(grads)
     g_sq = squared_norms(grads) if g_sq is None else g_sq
     d_sq = squared_norms(bufs) if d_sq is None else d_sq
@@ -76,171 +72,214 @@ def _multi_tensor_am_sgd_sums(
     else:
         g_dot_d = torch.stack([dot(g, d) for g, d in zip(grads, bufs)])
     gap_sq, cross = gap_and_cross(g_sq, g_dot_d, d_sq, lam)
-    return torch.stack([cross, gap_sq, g_dot_d, g_sq, d_sq], dim=1)
+    return torch.stack([g_dot_d, cross, gap_sq, g_sq, d_sq], dim=1)
 
 
-def am_sgd_sums(
-    grads: list[Tensor],
-    bufs: list[Tensor],
-    *,
-    lam: float,
-    foreach: bool,
-    g_sq: Tensor | None = None,
-    d_sq: Tensor | None = None,
-) -> Tensor:
-    """Per-tensor rows [<g + lam d, g - d>, ||g - d||^2, <g, d>, ...] (fp32, fp64 for fp64).
-    foreach adds ||g||^2 and ||d||^2 as columns 3 and 4 (AM-SGD advances ||d||^2 with them);
-    the single-tensor reference has a zero column 3 (AM-SGD's decay is coupled: no <g, x>)."""
-    if foreach:
-        return _multi_tensor_am_sgd_sums(grads, bufs, lam, g_sq, d_sq)
-    return _single_tensor_am_sgd_sums(grads, bufs, lam)
+# ---- the core -----------------------------------------------------------------------------
 
 
-# ---- the functional core ------------------------------------------------------------------
+class AMSGDStep:
+    """One AM-SGD step (see `amm.optim._base.StepCore`)."""
 
+    first_step_adaptive = False  # d_0 = g_0: the first step is plain gradient descent
 
-def am_sgd(
-    ts: StepTensors, groups: list[dict[str, Any]], services: StepServices, impl: Impl
-) -> bool:
-    """One AM-SGD step on gathered tensors with the chosen implementation; False if the
-    non-finite check skipped it (nothing changed then)."""
-    branch = {
-        "single": _single_tensor_am_sgd,
-        "foreach": _multi_tensor_am_sgd,
-        "fused": _fused_am_sgd,
-    }[impl]
-    applied = branch(ts, groups, services, impl)
-    if applied and ts.sharded:  # a shard's ||d||^2 is partial: not tracked (see _sq_known)
-        for st in ts.states:
-            st["momentum_sq"] = torch.full_like(st["momentum_sq"], float("nan"))
-    return applied
+    def __init__(
+        self, ts: StepTensors, hyper: list[GroupHyper], impl: Impl, context: StepContext
+    ) -> None:
+        self.ts, self.impl, self.context = ts, impl, context
+        self.hyper = hyper  # per group
+        self.hp = [hyper[g] for g in ts.group_ids]  # per tensor
+        self.bufs = [local(st["momentum_buffer"]) for st in ts.states]
+        self.grads = ts.grads  # the effective gradients after prepare()
+        self.grad_sq: Tensor | None = None  # ||g||^2 of the effective gradients, when known
+        # foreach: the rows of the last sums (positions, rows), from which ||d||^2 advances
+        self.kept: tuple[list[int], Tensor] | None = None
+        self.raw: Tensor | None = None  # fused pass 1's columns
 
-
-def _single_tensor_am_sgd(
-    ts: StepTensors, groups: list[dict[str, Any]], services: StepServices, impl: Impl
-) -> bool:
-    if not services.grads_finite(ts):
-        return False
-    grads, grad_sq = _effective_grads(ts, groups)
-    bufs = [local(st["momentum_buffer"]) for st in ts.states]
-
-    def sums(idx: list[int]) -> Tensor:
-        return torch.cat(
-            [
-                _single_tensor_am_sgd_sums([grads[i]], [bufs[i]], groups[ts.group_ids[i]]["lam"])
-                for i in idx
-            ]
+    # -- phase 2: the gradient norms of the non-finite check -------------------------------
+    def grad_norms(self) -> Tensor | None:
+        if self.impl != "fused":
+            return None
+        device = self.ts.params[0].device
+        self.fused_hyper = small_tensor(
+            [[h.weight_decay, -h.lr] for h in self.hp], device, torch.float32
         )
+        self.flags = int(any(h.weight_decay != 0 for h in self.hp))  # the kernels' FLAGS
+        self.tensors = [self.ts.grads, self.bufs, self.ts.params]  # the kernels' order
+        # pass 1 (reads only): ||g||^2, <g, d>, ||d||^2 of the effective gradients, ||grad||^2
+        self.raw = self.context.kernels.sums(self.tensors, self.fused_hyper, self.flags)
+        return self.raw[:, 4]
 
-    beta = services.betas(ts, sums)
-    _update(ts, groups, _Update(grads, bufs, grad_sq, None), beta, foreach=False)
-    if not ts.sharded:  # the reference: ||d||^2 read from the new buffers
-        _remember_sq(services.cache, ts.states, squared_norms(bufs))
-    return True
+    # -- phase 3 ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """g = grad + wd * x (coupled weight decay); the fused kernels add it on the fly."""
+        if self.impl == "fused":
+            return
+        grads = list(self.ts.grads)
+        decayed = False
+        for i, (p, g, h) in enumerate(zip(self.ts.params, self.ts.grads, self.hp)):
+            if h.weight_decay != 0:
+                grads[i] = g.add(p, alpha=h.weight_decay)
+                decayed = True
+        self.grads = grads
+        self.grad_sq = None if decayed else self.ts.grad_sq
 
-
-def _multi_tensor_am_sgd(
-    ts: StepTensors, groups: list[dict[str, Any]], services: StepServices, impl: Impl
-) -> bool:
-    if not services.grads_finite(ts):
-        return False
-    grads, grad_sq = _effective_grads(ts, groups)
-    step = _Update(grads, [local(st["momentum_buffer"]) for st in ts.states], grad_sq, None)
-
-    def sums(idx: list[int]) -> Tensor:
-        g, d = [grads[i] for i in idx], [step.bufs[i] for i in idx]
-        lams = [groups[ts.group_ids[i]]["lam"] for i in idx]
-        if len(set(lams)) > 1:  # scoped betas may mix lam values: each tensor with its own
-            rows = torch.cat(
-                [_multi_tensor_am_sgd_sums([g[k]], [d[k]], lam) for k, lam in enumerate(lams)]
+    # -- phase 4 ------------------------------------------------------------------------------
+    def sums(self, idx: list[int]) -> Tensor:
+        lams = [self.hp[i].lam for i in idx]
+        if self.impl == "fused":
+            assert self.raw is not None
+            rows = rows_at(self.raw, idx)
+            lam = per_tensor(lams, rows.device, rows.dtype)
+            gap_sq, cross = gap_and_cross(rows[:, 0], rows[:, 1], rows[:, 2], lam)
+            return torch.stack([rows[:, 1], cross, gap_sq], dim=1)
+        if self.impl == "single":
+            dtype = common_sum_dtype(self.grads)
+            return torch.stack(
+                [
+                    _single_tensor_sums(self.grads[i], self.bufs[i], lam, dtype)
+                    for i, lam in zip(idx, lams)
+                ]
             )
-            if not ts.sharded:
-                step.sums = (idx, rows)
-            return rows
+        g, d = [self.grads[i] for i in idx], [self.bufs[i] for i in idx]
         g_sq = None
-        if grad_sq is not None:
-            g_sq = grad_sq if len(idx) == len(grads) else torch.stack([grad_sq[i] for i in idx])
-        if ts.sharded:
+        if self.grad_sq is not None:
+            g_sq = rows_at(self.grad_sq, idx)
+        d_sq = None
+        states = [self.ts.states[i] for i in idx]
+        if not self.ts.sharded and all(_sq_known(self.context.cache, st) for st in states):
             # a shard's ||d||^2 is a partial sum that would not survive resharding on resume,
             # so sharded parameters re-read d instead (nothing is kept)
-            return _multi_tensor_am_sgd_sums(g, d, lams[0], g_sq)
-        states = [ts.states[i] for i in idx]
-        d_sq = None
-        if all(_sq_known(services.cache, st) for st in states):
             d_sq = torch.stack([st["momentum_sq"] for st in states])
-        rows = _multi_tensor_am_sgd_sums(g, d, lams[0], g_sq, d_sq)
-        step.sums = (idx, rows)
-        return rows
+        lam = per_tensor(lams, g[0].device, common_sum_dtype(g))
+        rows = _multi_tensor_sums(g, d, lam, g_sq, d_sq)
+        if not self.ts.sharded:
+            self.kept = (idx, rows)
+        return rows[:, :3]
 
-    beta = services.betas(ts, sums)
-    _update(ts, groups, step, beta, foreach=True, cache=services.cache)
-    return True
+    # -- phase 5 ------------------------------------------------------------------------------
+    def update(self, beta: list[Beta]) -> None:
+        if self.impl == "fused":
+            self._fused_update(beta)
+        else:
+            self._update(beta)
+        if self.ts.sharded:  # a shard's ||d||^2 is partial: not tracked (see _sq_known)
+            for st in self.ts.states:
+                st["momentum_sq"] = torch.full_like(st["momentum_sq"], float("nan"))
+        elif self.impl == "single":  # the reference: ||d||^2 read from the new buffers
+            _remember_sq(self.context.cache, self.ts.states, squared_norms(self.bufs))
 
+    def _fused_update(self, beta: list[Beta]) -> None:
+        """Pass 2: d <- lerp(d, g, w), x <- x - lr d, where w is 1 on the first step (d_0 = g_0)
+        and (1 - beta) / (1 + lam) otherwise (frozen or adaptive)."""
+        assert self.raw is not None
+        device = self.ts.params[0].device
+        b = beta_vector(beta, [0.0] * len(beta), device, torch.float32)
+        lam = per_tensor([h.lam for h in self.hp], device, torch.float32)
+        w = _lerp_weight(b, lam, restarts(b, beta, self.hp))
+        if any(x is None for x in beta):
+            first = small_tensor([x is None for x in beta], device, torch.bool)
+            w = torch.where(first, torch.ones_like(w), w)
+        self.context.kernels.update(self.tensors, self.fused_hyper, w.contiguous(), self.flags)
+        if not self.ts.sharded:  # pass 1 reads ||d||^2 anyway; kept for the other implementations
+            raw = self.raw
+            w = w.to(raw.dtype)
+            new_sq = (1 - w) ** 2 * raw[:, 2] + 2 * w * (1 - w) * raw[:, 1] + w**2 * raw[:, 0]
+            states = self.ts.states
+            _remember_sq(self.context.cache, states, new_sq.to(states[0]["momentum_sq"].dtype))
 
-def _fused_am_sgd(
-    ts: StepTensors, groups: list[dict[str, Any]], services: StepServices, impl: Impl
-) -> bool:
-    """Pass 1 (reads only) gives ||g||^2, <g, d>, ||d||^2 of the effective gradients; pass 2
-    updates every tensor: d <- lerp(d, g, w), x <- x - lr d, where w is 1 on the first step
-    (d_0 = g_0) and (1 - beta) / (1 + lam) otherwise (frozen or adaptive)."""
-    device = ts.params[0].device
-    hyper = [[groups[g]["weight_decay"], -groups[g]["lr"]] for g in ts.group_ids]
-    hyper_t = small_tensor(hyper, device, torch.float32)
-    with_decay = any(h[0] != 0 for h in hyper)
-    bufs = [local(st["momentum_buffer"]) for st in ts.states]
-    tensors = [ts.grads, bufs, ts.params]  # the kernels' order (am_sgd_kernels)
-    raw = services.fused_sums(ts, tensors, hyper_t, with_decay)
-    if raw is None:  # the non-finite check skips the step
-        return False
+    def _update(self, beta: list[Beta]) -> None:  # noqa: C901 - the three kinds of tensors
+        """The heavy-ball update of the single-tensor and foreach branches; foreach also
+        advances each buffer's ||d||^2."""
+        ts, grads, bufs, hp = self.ts, self.grads, self.bufs, self.hp
+        foreach = self.impl == "foreach"
+        cache = self.context.cache if foreach else None
+        params_done = False  # the CPU fused kernel below also updates the parameters
+        first = [i for i, b in enumerate(beta) if b is None]
+        frozen = [i for i, b in enumerate(beta) if isinstance(b, float)]
+        adaptive = [i for i, b in enumerate(beta) if isinstance(b, Tensor)]
 
-    def sums(idx: list[int]) -> Tensor:
-        rows = rows_at(raw, idx)
-        lam = per_tensor([groups[ts.group_ids[i]]["lam"] for i in idx], rows.device, rows.dtype)
-        gap_sq, cross = gap_and_cross(rows[:, 0], rows[:, 1], rows[:, 2], lam)
-        return torch.stack([cross, gap_sq, rows[:, 1], rows[:, 3]], dim=1)
+        if first:  # d_0 = g_0: the first step is plain gradient descent
+            _copy([bufs[i] for i in first], [grads[i] for i in first], foreach)
+        for i in frozen:  # same ops as torch.optim.SGD, so lam = 0 reproduces it bit for bit
+            lam, b_i = hp[i].lam, beta[i]
+            assert isinstance(b_i, float)
+            keep, take = (b_i + lam) / (1 + lam), (1 - b_i) / (1 + lam)
+            bufs[i].mul_(keep).add_(grads[i], alpha=take)
+        if adaptive:
+            b = beta_vector(
+                [beta[i] for i in adaptive],
+                [0.0] * len(adaptive),
+                grads[0].device,
+                common_sum_dtype(grads),
+            )
+            ha = [hp[i] for i in adaptive]
+            lam_t = per_tensor([h.lam for h in ha], b.device, b.dtype)
+            w = _lerp_weight(b, lam_t, restarts(b, [beta[i] for i in adaptive], ha))
+            bufs_a, grads_a = [bufs[i] for i in adaptive], [grads[i] for i in adaptive]
+            one_weight = all(beta[i] is beta[adaptive[0]] for i in adaptive) and not isinstance(
+                lam_t, Tensor
+            )
+            same_dtype = all(d.dtype == w.dtype for d in bufs_a)
+            thresholds = {h.restart_below for h in ha}
+            one_weight = foreach and one_weight and same_dtype and len(thresholds) == 1
+            fast = one_weight and _cpu_fused_sgd_applies(bufs_a, len(adaptive) == len(ts.params))
+            # (w is read on the host only for CPU tensors: no device sync)
+            if fast and float(w[0]) < 1.0:  # w = 1 (a restart): torch wants no momentum then
+                # CPU, global beta: torch's fused CPU SGD kernel updates d and x in one pass,
+                # d <- (1 - w) d + w g, x <- x - lr d
+                w_host = float(w[0])
+                for gid, members in by_group(ts.group_ids).items():
+                    torch._fused_sgd_(
+                        [ts.params[i] for i in members],
+                        [grads[i] for i in members],
+                        [bufs[i] for i in members],
+                        weight_decay=0.0,  # the grads are effective already (coupled decay)
+                        momentum=1.0 - w_host,
+                        lr=self.hyper[gid].lr,
+                        dampening=1.0 - w_host,
+                        nesterov=False,
+                        maximize=False,
+                        is_first_step=False,
+                    )
+                params_done = True
+            elif one_weight:
+                torch._foreach_lerp_(bufs_a, grads_a, w[0])  # type: ignore[call-overload]
+            else:
+                weights = [w_i.to(d.dtype) for w_i, d in zip(w.unbind(), bufs_a)]
+                if foreach:
+                    torch._foreach_lerp_(bufs_a, grads_a, weights)
+                else:
+                    for b_i, g_i, w_i in zip(bufs_a, grads_a, weights):
+                        b_i.lerp_(g_i, w_i)
+            if cache is not None and self.kept is not None and self.kept[0] == adaptive:
+                # ||(1 - w) d + w g||^2 from the sums: no extra pass over the new d
+                rows = self.kept[1]
+                g_dot_d, g_sq, d_sq = rows[:, 0], rows[:, 3], rows[:, 4]
+                w = w.to(rows.dtype)
+                new_sq = (1 - w) ** 2 * d_sq + 2 * w * (1 - w) * g_dot_d + w**2 * g_sq
+                _remember_sq(cache, [ts.states[i] for i in adaptive], new_sq)
+        if cache is not None and not ts.sharded:
+            if first:  # d = g
+                first_sq = (
+                    torch.stack([self.grad_sq[i] for i in first])
+                    if self.grad_sq is not None
+                    else squared_norms([bufs[i] for i in first])
+                )
+                _remember_sq(cache, [ts.states[i] for i in first], first_sq)
+            if frozen:
+                _remember_sq(
+                    cache, [ts.states[i] for i in frozen], squared_norms([bufs[i] for i in frozen])
+                )
 
-    beta = services.betas(ts, sums)
-    b = beta_vector(beta, [0.0] * len(beta), device, torch.float32)
-    lam = per_tensor([groups[g]["lam"] for g in ts.group_ids], device, torch.float32)
-    w = _lerp_weight(b, lam, restarts(b, beta, groups, ts.group_ids))
-    if any(x is None for x in beta):
-        first = small_tensor([x is None for x in beta], device, torch.bool)
-        w = torch.where(first, torch.ones_like(w), w)
-    services.kernels.update(tensors, hyper_t, w.contiguous(), with_decay)
-    if not ts.sharded:  # pass 1 reads ||d||^2 anyway; kept for the other implementations
-        w = w.to(raw.dtype)
-        new_sq = (1 - w) ** 2 * raw[:, 2] + 2 * w * (1 - w) * raw[:, 1] + w**2 * raw[:, 0]
-        _remember_sq(services.cache, ts.states, new_sq.to(ts.states[0]["momentum_sq"].dtype))
-    return True
-
-
-# ---- shared by the branches ---------------------------------------------------------------
-
-
-@dataclass
-class _Update:
-    """What the single-tensor and foreach branches hand to `_update`: effective gradients,
-    momentum buffers, ||g||^2 (when the non-finite check computed it and there is no coupled
-    decay), and the foreach sums (positions, rows) from which ||d||^2 is advanced."""
-
-    grads: list[Tensor]
-    bufs: list[Tensor]
-    grad_sq: Tensor | None
-    sums: tuple[list[int], Tensor] | None = field(default=None)
-
-
-def _effective_grads(
-    ts: StepTensors, groups: list[dict[str, Any]]
-) -> tuple[list[Tensor], Tensor | None]:
-    """g = grad + wd * x (coupled weight decay), and ||g||^2 if the non-finite check knows it."""
-    grads = list(ts.grads)
-    decayed = False
-    for i, (p, g, gid) in enumerate(zip(ts.params, ts.grads, ts.group_ids)):
-        wd = groups[gid]["weight_decay"]
-        if wd != 0:
-            grads[i] = g.add(p, alpha=wd)
-            decayed = True
-    return grads, None if decayed else ts.grad_sq
+        for gid, members in ({} if params_done else by_group(ts.group_ids)).items():
+            lr = self.hyper[gid].lr
+            p, d = [ts.params[i] for i in members], [bufs[i] for i in members]
+            if foreach:
+                torch._foreach_add_(p, d, alpha=-lr)
+            else:
+                for p_i, d_i in zip(p, d):
+                    p_i.add_(d_i, alpha=-lr)
 
 
 def _lerp_weight(beta: Tensor, lam: Tensor | float, restart: Tensor | None) -> Tensor:
@@ -249,106 +288,6 @@ def _lerp_weight(beta: Tensor, lam: Tensor | float, restart: Tensor | None) -> T
     if restart is not None:
         w = torch.where(restart, torch.ones_like(w), w)
     return w
-
-
-def _update(  # noqa: C901 - the three kinds of tensors of a step, in order
-    ts: StepTensors,
-    groups: list[dict[str, Any]],
-    step: _Update,
-    beta: list[Beta],
-    foreach: bool,
-    cache: dict[int, Any] | None = None,
-) -> None:
-    """The heavy-ball update of the single-tensor and foreach branches; foreach (`cache`)
-    also advances each buffer's ||d||^2."""
-    grads, bufs = step.grads, step.bufs
-    params_done = False  # the CPU fused kernel below also updates the parameters
-    first = [i for i, b in enumerate(beta) if b is None]
-    frozen = [i for i, b in enumerate(beta) if isinstance(b, float)]
-    adaptive = [i for i, b in enumerate(beta) if isinstance(b, Tensor)]
-
-    if first:  # d_0 = g_0: the first step is plain gradient descent
-        _copy([bufs[i] for i in first], [grads[i] for i in first], foreach)
-    for i in frozen:  # same ops as torch.optim.SGD, so lam = 0 reproduces it bit for bit
-        lam = groups[ts.group_ids[i]]["lam"]
-        b_i = beta[i]
-        assert isinstance(b_i, float)
-        keep, take = (b_i + lam) / (1 + lam), (1 - b_i) / (1 + lam)
-        bufs[i].mul_(keep).add_(grads[i], alpha=take)
-    if adaptive:
-        b = beta_vector(
-            [beta[i] for i in adaptive],
-            [0.0] * len(adaptive),
-            grads[0].device,
-            common_sum_dtype(grads),
-        )
-        gids = [ts.group_ids[i] for i in adaptive]
-        lam_t = per_tensor([groups[g]["lam"] for g in gids], b.device, b.dtype)
-        thr = [groups[g]["restart_below"] for g in gids]
-        w = _lerp_weight(b, lam_t, restarts(b, [beta[i] for i in adaptive], groups, gids))
-        bufs_a, grads_a = [bufs[i] for i in adaptive], [grads[i] for i in adaptive]
-        one_weight = all(beta[i] is beta[adaptive[0]] for i in adaptive) and not isinstance(
-            lam_t, Tensor
-        )
-        same_dtype = all(d.dtype == w.dtype for d in bufs_a)
-        one_weight = foreach and one_weight and same_dtype and len(set(map(str, thr))) == 1
-        fast = one_weight and _cpu_fused_sgd_applies(bufs_a, len(adaptive) == len(ts.params))
-        # (w is read on the host only for CPU tensors: no device sync)
-        if fast and float(w[0]) < 1.0:  # w = 1 (a restart): torch wants no momentum then
-            # CPU, global beta: torch's fused CPU SGD kernel updates d and x in one pass,
-            # d <- (1 - w) d + w g, x <- x - lr d
-            w_host = float(w[0])
-            for gid, members in by_group(ts.group_ids).items():
-                torch._fused_sgd_(
-                    [ts.params[i] for i in members],
-                    [grads[i] for i in members],
-                    [bufs[i] for i in members],
-                    weight_decay=0.0,  # the grads are effective already (coupled decay)
-                    momentum=1.0 - w_host,
-                    lr=groups[gid]["lr"],
-                    dampening=1.0 - w_host,
-                    nesterov=False,
-                    maximize=False,
-                    is_first_step=False,
-                )
-            params_done = True
-        elif one_weight:
-            torch._foreach_lerp_(bufs_a, grads_a, w[0])  # type: ignore[call-overload]  # one scalar
-        else:
-            weights = [w_i.to(d.dtype) for w_i, d in zip(w.unbind(), bufs_a)]
-            if foreach:
-                torch._foreach_lerp_(bufs_a, grads_a, weights)
-            else:
-                for b_i, g_i, w_i in zip(bufs_a, grads_a, weights):
-                    b_i.lerp_(g_i, w_i)
-        if cache is not None and step.sums is not None and step.sums[0] == adaptive:
-            # ||(1 - w) d + w g||^2 from the sums: no extra pass over the new d
-            rows = step.sums[1]
-            g_dot_d, g_sq, d_sq = rows[:, 2], rows[:, 3], rows[:, 4]
-            w = w.to(rows.dtype)
-            new_sq = (1 - w) ** 2 * d_sq + 2 * w * (1 - w) * g_dot_d + w**2 * g_sq
-            _remember_sq(cache, [ts.states[i] for i in adaptive], new_sq)
-    if cache is not None and not ts.sharded:
-        if first:  # d = g
-            first_sq = (
-                torch.stack([step.grad_sq[i] for i in first])
-                if step.grad_sq is not None
-                else squared_norms([bufs[i] for i in first])
-            )
-            _remember_sq(cache, [ts.states[i] for i in first], first_sq)
-        if frozen:
-            _remember_sq(
-                cache, [ts.states[i] for i in frozen], squared_norms([bufs[i] for i in frozen])
-            )
-
-    for gid, members in ({} if params_done else by_group(ts.group_ids)).items():
-        lr = groups[gid]["lr"]
-        p, d = [ts.params[i] for i in members], [bufs[i] for i in members]
-        if foreach:
-            torch._foreach_add_(p, d, alpha=-lr)
-        else:
-            for p_i, d_i in zip(p, d):
-                p_i.add_(d_i, alpha=-lr)
 
 
 # ||d||^2 of each momentum buffer is kept in state["momentum_sq"] (so a resumed run continues
@@ -432,7 +371,7 @@ class AMSGD(AdaptiveMemoryOptimizer):
             NotImplementedError).
     """
 
-    functional = staticmethod(am_sgd)
+    core = AMSGDStep
     coupled_decay = True
     _sum_state_keys = ("momentum_sq",)
 

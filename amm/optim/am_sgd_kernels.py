@@ -15,7 +15,7 @@ if triton is not None:
     @triton.jit
     def _am_sgd_block(
         g_tab, d_tab, x_tab, t, offs, mask, hyper, sums_or_weights,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+        DTYPE: tl.constexpr, FLAGS: tl.constexpr, BLOCK: tl.constexpr,
         ALIGNED: tl.constexpr, MASKED: tl.constexpr, UPDATE: tl.constexpr,
     ):  # fmt: skip
         """One block of either pass, on the effective gradient g (coupled decay: g + wd x).
@@ -25,9 +25,9 @@ if triton is not None:
             neg_lr, w = tl.load(hyper + t * 2 + 1), tl.load(sums_or_weights + t)
         g = _load(g_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
         d = _load(d_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        if WITH_DECAY or UPDATE:  # pass 1 reads x only for the decay
+        if (FLAGS & 1) or UPDATE:  # pass 1 reads x only for the decay
             x = _load(x_tab, t, offs, mask, DTYPE, BLOCK, MASKED, ALIGNED)
-        if WITH_DECAY:
+        if FLAGS & 1:  # coupled weight decay
             g = g + tl.load(hyper + t * 2) * x
         if UPDATE:
             d = d + w * (g - d)  # d <- lerp(d, g, w)
@@ -45,23 +45,23 @@ if triton is not None:
     @triton.jit
     def _am_sgd_sums_kernel(
         g_tab, d_tab, x_tab, numels, block_tensor, block_start, hyper, partials,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
+        DTYPE: tl.constexpr, FLAGS: tl.constexpr, BLOCK: tl.constexpr, NCOL: tl.constexpr,
         ALIGNED: tl.constexpr,
     ):  # fmt: skip
         pid, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
         out = partials + pid * NCOL
         args = (g_tab, d_tab, x_tab, t, offs, mask, hyper, out)
-        _each_block(_am_sgd_block, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED, False)
+        _each_block(_am_sgd_block, args, full, DTYPE, FLAGS, BLOCK, ALIGNED, False)
 
     @triton.jit
     def _am_sgd_update_kernel(
         g_tab, d_tab, x_tab, numels, block_tensor, block_start, hyper, weights,
-        DTYPE: tl.constexpr, WITH_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+        DTYPE: tl.constexpr, FLAGS: tl.constexpr, BLOCK: tl.constexpr,
         ALIGNED: tl.constexpr,
     ):  # fmt: skip
         _, t, offs, mask, full = _block(block_tensor, block_start, numels, BLOCK)
         args = (g_tab, d_tab, x_tab, t, offs, mask, hyper, weights)
-        _each_block(_am_sgd_block, args, full, DTYPE, WITH_DECAY, BLOCK, ALIGNED, True)
+        _each_block(_am_sgd_block, args, full, DTYPE, FLAGS, BLOCK, ALIGNED, True)
 
 
 def am_sgd_kernels() -> Launcher:
