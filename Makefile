@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/libsvm),)
 export AMM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help venv demo test test-fast lint bench bench-optim bench-train sweep claims clean
+.PHONY: help venv demo test test-fast lint bench bench-optim bench-train sweep claims power clean
 .DEFAULT_GOAL := help
 
 help:
@@ -24,6 +24,8 @@ help:
 	@echo "make figure3 SCALE=...    reproduce an artifact (smoke | reduced | paper)"
 	@echo "make sweep EXP=figure4 SCALE=paper CLUSTER=slurm   the same, the jobs on SLURM"
 	@echo "make claims SCALE=...     the claims report from the artifacts' runs: results/claims/<scale>/CLAIMS.md"
+	@echo "make power SCALE=...      seeds each seeded claim needs for 80 % power: results/power/<scale>/"
+	@echo "make formulation          how much AM-AdamW's formulation choices matter (any artifact by name)"
 	@echo "make bench                optimizer-step table + Table 2 end to end (bench-optim, bench-train)"
 	@echo "make clean                remove runs/ and caches (keeps results/ and .venv)"
 
@@ -58,18 +60,23 @@ bench-optim: $(STAMP)
 bench-train: $(STAMP)
 	$(PY) scripts/bench_train.py $(ARGS)
 
-# Artifacts: `make figure1`, `make table2`, ... run configs/experiment/<name>.yaml and
-# experiments/<name>.py at $(SCALE), writing results/<name>/$(SCALE)/. ARGS: more overrides.
-REPRODUCE = $(PY) -m amm.reproduce $@ --scale $(SCALE) $(ARGS)
-figure%: $(STAMP)
-	$(REPRODUCE)
-table%: $(STAMP)
-	$(REPRODUCE)
+# Artifacts: `make figure1`, `make table2`, `make formulation`, ...: one per
+# configs/experiment/<name>.yaml (with experiments/<name>.py), run at $(SCALE), writing
+# results/<name>/$(SCALE)/. ARGS: more overrides. A new artifact needs no line here.
+ARTIFACTS := $(basename $(notdir $(wildcard configs/experiment/*.yaml)))
+.PHONY: $(ARTIFACTS)
+$(ARTIFACTS): $(STAMP)
+	$(PY) -m amm.reproduce $@ --scale $(SCALE) $(ARGS)
 
 # The claims report (README "Claims"): results/claims/$(SCALE)/CLAIMS.md, computed from the runs
 # that the artifacts' provenance.json files list (make the artifacts first; it trains nothing).
 claims: $(STAMP)
 	$(PY) -m experiments.claims --scale $(SCALE) $(ARGS)
+
+# Seeds for 80 % power per seeded claim, from the runs the artifacts were drawn from:
+# results/power/$(SCALE)/power.md (the experiment configs' `seeds:` cite it).
+power: $(STAMP)
+	$(PY) -m experiments.power --scale $(SCALE) $(ARGS)
 
 # An artifact's sweep on a cluster (README "Running on a cluster"): each sweep block as one SLURM
 # job array through configs/hydra/launcher/$(CLUSTER).yaml, then the artifact once all finished.

@@ -158,6 +158,25 @@ def run_git(run_dir: Path) -> Any:
         return None
 
 
+def run_machines(run_dirs: list[Path]) -> list[dict[str, Any]]:
+    """The (hostname, cpu, torch) each run recorded in its meta.json, with how many runs."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for d in run_dirs:
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        key = (
+            str(meta.get("hostname", "?")),
+            str(meta.get("cpu", "?")),
+            str(meta.get("torch", "?")),
+        )
+        seen[key] = seen.get(key, 0) + 1
+    return [
+        {"hostname": h, "cpu": c, "torch": t, "count": n} for (h, c, t), n in sorted(seen.items())
+    ]
+
+
 def job_run_dirs(overrides: list[str]) -> list[Path]:
     """Run directories of the jobs of one multirun, in launch order.
 
@@ -265,6 +284,8 @@ def reproduce(
     record["run_dirs"] = [str(d) for d in run_dirs]
     # the code each run trained with (a run may predate the artifact's commit)
     record["run_git"] = {str(d): run_git(d) for d in run_dirs}
+    # the machines the runs ran on (the fields above describe the one that drew the artifact)
+    record["run_machines"] = run_machines(run_dirs)
     (out_dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out_dir}")
     return out_dir

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -94,7 +95,28 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> Estimat
     return estimate(a[s] - b[s] for s in sorted(a))
 
 
-def verdict(diff: Estimate, *, better: str, margin: float = 0.0) -> str:
+class Verdict(str, Enum):
+    """A claim's verdict. "Supported" says which way the effect goes and, where the paper gives
+    a number, how its size compares: the whole interval of the gain above the paper's effect
+    (larger), below it (smaller), or around it (supported)."""
+
+    SUPPORTED = "supported"
+    LARGER = "supported, larger than the paper's effect"
+    SMALLER = "supported, smaller than the paper's effect"
+    NOT_SUPPORTED = "not supported"
+    INCONCLUSIVE = "inconclusive"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def supported(self) -> bool:
+        return self in (Verdict.SUPPORTED, Verdict.LARGER, Verdict.SMALLER)
+
+
+def verdict(
+    diff: Estimate, *, better: str, margin: float = 0.0, paper: float | None = None
+) -> Verdict:
     """The claims report's rule, applied to a paired difference ``AM - baseline``.
 
     ``better="lower"`` (a loss) or ``"higher"`` (an accuracy): the direction the claim says AM
@@ -102,6 +124,8 @@ def verdict(diff: Estimate, *, better: str, margin: float = 0.0) -> str:
 
     - **supported**: the whole interval is on the claimed side of 0 ("beats" claims,
       ``margin=0``), or no worse than ``margin`` ("competitive" claims, ``margin > 0``);
+      with ``paper`` (the paper's gain, > 0, in the claimed direction) a "beats" claim is
+      *larger* when the whole interval of the gain is above it, *smaller* when below it;
     - **not supported**: the whole interval is on the other side: worse (by more than
       ``margin`` for a "competitive" claim);
     - **inconclusive**: the interval crosses, or fewer than 2 seeds (no interval).
@@ -109,16 +133,123 @@ def verdict(diff: Estimate, *, better: str, margin: float = 0.0) -> str:
     if better not in ("lower", "higher"):
         raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
     if not math.isfinite(diff.mean):
-        return "not supported"  # AM diverged where the baseline did not (or both did)
+        return Verdict.NOT_SUPPORTED  # AM diverged where the baseline did not (or both did)
     if diff.n < 2 or not math.isfinite(diff.lo):
-        return "inconclusive"
+        return Verdict.INCONCLUSIVE
     # the gain of AM over the baseline, positive in the claimed direction
     gain_lo, gain_hi = (-diff.hi, -diff.lo) if better == "lower" else (diff.lo, diff.hi)
     if gain_lo > -margin:
-        return "supported"
+        if margin == 0 and paper is not None:
+            return magnitude(gain_lo, gain_hi, paper)
+        return Verdict.SUPPORTED
     if gain_hi < -margin:
-        return "not supported"
-    return "inconclusive"
+        return Verdict.NOT_SUPPORTED
+    return Verdict.INCONCLUSIVE
+
+
+def magnitude(gain_lo: float, gain_hi: float, paper: float) -> Verdict:
+    """A supported gain's interval against the paper's gain ``paper``."""
+    if gain_lo > paper:
+        return Verdict.LARGER
+    if gain_hi < paper:
+        return Verdict.SMALLER
+    return Verdict.SUPPORTED
+
+
+def combine_verdicts(verdicts: Iterable[Verdict]) -> Verdict:
+    """One claim over several settings (data sets, model sizes, warmup regimes): not supported
+    when it is not supported in one, supported when it is supported in all (larger / smaller
+    when all settings say so), inconclusive otherwise."""
+    found = list(verdicts)
+    if not found:
+        return Verdict.INCONCLUSIVE
+    if Verdict.NOT_SUPPORTED in found:
+        return Verdict.NOT_SUPPORTED
+    if not all(v.supported for v in found):
+        return Verdict.INCONCLUSIVE
+    return found[0] if len(set(found)) == 1 else Verdict.SUPPORTED
+
+
+@dataclass
+class Comparison:
+    """A paired AM − baseline difference in one setting, its per-seed values and its verdict."""
+
+    setting: str
+    diffs: SeedValues
+    diff: Estimate
+    verdict: Verdict
+
+    def text(self, digits: int = 3) -> str:
+        return f"{self.setting}: {self.diff.format_interval(digits)} → {self.verdict}"
+
+
+def compare(
+    setting: str,
+    am: Mapping[int, float],
+    base: Mapping[int, float],
+    *,
+    better: str,
+    margin: float = 0.0,
+    paper: float | None = None,
+    stand_in: bool = False,
+) -> Comparison:
+    """AM − baseline, paired by seed (the same seeds on both sides, else an error naming them).
+
+    A diverged run (NaN) counts against the claim when it is AM's; the baseline's alone, in
+    every seed (n >= 2), for it; in some seeds only: inconclusive. Generated stand-in data
+    decide nothing (inconclusive)."""
+    diffs = combine(am, base, lambda a, b: a - b)
+    diff = estimate(diffs.values())
+    found = verdict(diff, better=better, margin=margin, paper=paper)
+    am_bad = sorted(s for s, v in am.items() if not math.isfinite(v))
+    base_bad = sorted(s for s, v in base.items() if not math.isfinite(v))
+    if base_bad and set(am_bad) <= set(base_bad):  # the baseline diverged where AM did not
+        everywhere = not am_bad and len(base_bad) == len(base) >= 2
+        found = Verdict.SUPPORTED if everywhere else Verdict.INCONCLUSIVE
+        setting += f" (baseline diverged: seeds {base_bad}; AM: seeds {am_bad})"
+    elif am_bad:
+        setting += f" (AM diverged: seeds {am_bad}; baseline: seeds {base_bad})"
+    return Comparison(setting, diffs, diff, Verdict.INCONCLUSIVE if stand_in else found)
+
+
+@dataclass
+class SignTest:
+    """Outcomes over problems (+1 the claim's way, -1 against, 0 tie) and their verdict: the
+    exact (Clopper-Pearson) 95 % interval of the share of +1 among the decided problems."""
+
+    ahead: int
+    behind: int
+    ties: int
+    lo: float
+    hi: float
+    verdict: Verdict
+
+    def text(self) -> str:
+        m = self.ahead + self.behind
+        if m == 0:
+            return f"no problem decides (ties: {self.ties})"
+        return (
+            f"{self.ahead} of {m} (ties: {self.ties}), {CONFIDENCE:.0%} interval "
+            f"[{self.lo:.2f}, {self.hi:.2f}]"
+        )
+
+
+def sign_test(outcomes: Iterable[int]) -> SignTest:
+    """Supported when the interval of the share is above 1/2, not supported below it."""
+    found = list(outcomes)
+    ahead, behind = found.count(1), found.count(-1)
+    ties = len(found) - ahead - behind
+    if ahead + behind == 0:
+        return SignTest(0, 0, ties, math.nan, math.nan, Verdict.INCONCLUSIVE)
+    ci = stats.binomtest(ahead, ahead + behind).proportion_ci(CONFIDENCE, method="exact")
+    v = (
+        Verdict.SUPPORTED
+        if ci.low > 0.5
+        else Verdict.NOT_SUPPORTED
+        if ci.high < 0.5
+        else Verdict.INCONCLUSIVE
+    )
+    return SignTest(ahead, behind, ties, float(ci.low), float(ci.high), v)
 
 
 # ---- power: how many seeds a paired comparison needs ---------------------------------------

@@ -6,7 +6,11 @@ gaps at the rounding level of f* shown as such, not as numbers (``rounding_level
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import torch
@@ -186,3 +190,204 @@ def draw_rounding_level(ax: Axes, runs: list[Run]) -> None:
     reached = [r for r in runs if rounded_from(r) is not None]
     if reached and rounding_level(reached[0]) > 0:
         ax.axhline(rounding_level(reached[0]), color="0.5", ls=":", lw=0.7)
+
+
+# ---- the one definition of a convex comparison (figure1, figure3 and the claims report) -----
+
+#: Two gaps within 1 % of each other are a tie ("ahead" needs more than rounding-level luck).
+TIE_RATIO = 1.01
+#: Two times-to-target within 10 % of each other are a tie.
+TIME_TIE_RATIO = 1.1
+#: The targets of time-to-target: f - f* <= 10^-k (f(x_0) - f*) for these k, then the rounding
+#: level of f* (the smallest gap the runs resolve).
+TARGET_DECADES = (2, 4, 6, 8, 10)
+
+
+def problem_name(run: Run) -> str:
+    """The problem a run solved, by one rule everywhere: the file's name when the data set was
+    given by path (``dataset.path=FILE``, which takes the place of ``dataset.name``), else
+    ``dataset.name``; a problem without a name (figure1's quadratic) is its dataset's target."""
+    from amm.data.libsvm import path_name
+
+    data = run.cfg.dataset
+    path = data.get("path")
+    if path:
+        return path_name(str(path))
+    name = data.get("name")
+    return str(name) if name else str(data.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def pick(run: Run, t: int) -> tuple[float, float]:
+    """What "best" (beta*, best c) minimises: the gap at t (``score``), and among runs tied at the
+    rounding level of f*, the one that reached it first."""
+    start = rounded_from(run)
+    return score(run, t), math.inf if start is None or start > t else float(start)
+
+
+def best_setting(points: dict[Any, Run], t: int) -> Any | None:
+    """The key (c, momentum, (c, momentum), ...) of the run with the lowest ``pick`` at t; on a
+    full tie the smaller key. None when there are no runs."""
+    if not points:
+        return None
+    return min(points, key=lambda k: (pick(points[k], t), k))
+
+
+def on_edge(value: float, grid: list[float]) -> bool:
+    """A tuned value on the edge of its grid has not been tuned: the best may lie beyond it."""
+    return len(grid) > 1 and value in (min(grid), max(grid))
+
+
+def targets(runs: list[Run]) -> list[float]:
+    """The gaps time-to-target asks for, for runs of one problem (one f*, one start): 10^-k of
+    the starting gap for ``TARGET_DECADES``, down to the rounding level of f*, which is the last
+    target."""
+    start = initial_gap(runs[0])
+    level = rounding_level(runs[0])
+    out = [start * 10.0**-k for k in TARGET_DECADES if start * 10.0**-k > level]
+    return out + ([level] if level > 0 else [])
+
+
+def time_to_target(run: Run, eps: float) -> int | None:
+    """The first iteration whose f - f* is at most ``eps`` (AlgoPerf's time to target, in
+    iterations); None when the run never reached it (or diverged first)."""
+    it, gap = run.series("objective_gap")
+    finite = np.isfinite(gap)
+    if not finite.all():  # a diverged run counts only up to its first non-finite gap
+        stop = int(np.argmin(finite))
+        it, gap = it[:stop], gap[:stop]
+    hit = np.flatnonzero(gap <= eps)
+    return int(it[hit[0]]) if len(hit) else None
+
+
+class Outcome(IntEnum):
+    """Run a against run b on one problem, from a's side."""
+
+    BEHIND = -1
+    TIE = 0
+    AHEAD = 1
+
+
+def compare_runs(a: Run, b: Run, t: int, factor: float = 1.0) -> Outcome:
+    """a against b after t iterations, the one rule of every convex comparison.
+
+    1. The gap at t (``score``: a diverged run is inf, a gap at the rounding level of f* is that
+       level): a is ahead when its gap is lower than b's beyond ``TIE_RATIO``, behind when higher.
+       With ``factor`` > 1 the question is "within factor x of b": ahead (within) when
+       a <= factor x b, behind otherwise; equal gaps are within.
+    2. When the gaps tie (within the ratio, both at the rounding level, or both diverged), the
+       faster run to the smallest target both reached is ahead (beyond ``TIME_TIE_RATIO``): a
+       run that reaches f* to rounding in 384 iterations beats one that needs 695.
+    """
+    ga, gb = score(a, t), score(b, t)
+    if math.isinf(ga) and math.isinf(gb):  # both diverged (or never recorded t)
+        return Outcome.TIE
+    if factor > 1.0:
+        if ga == gb or ga <= factor * gb:
+            return Outcome.AHEAD
+        return Outcome.BEHIND
+    if math.isinf(gb) or ga * TIE_RATIO < gb:
+        return Outcome.AHEAD
+    if math.isinf(ga) or gb * TIE_RATIO < ga:
+        return Outcome.BEHIND
+    return compare_times(a, b, t)
+
+
+def compare_times(a: Run, b: Run, t: int) -> Outcome:
+    """The tie-break of ``compare_runs``: iterations to the smallest common target by t."""
+    for eps in reversed(targets([a])):
+        ta, tb = time_to_target(a, eps), time_to_target(b, eps)
+        if ta is None or tb is None or ta > t or tb > t:
+            continue
+        if ta * TIME_TIE_RATIO < tb:
+            return Outcome.AHEAD
+        if tb * TIME_TIE_RATIO < ta:
+            return Outcome.BEHIND
+        return Outcome.TIE
+    return Outcome.TIE
+
+
+# ---- figure3's runs per problem: the methods, beta* and the best c (shared with the claims) --
+
+MGD_BETA = 0.9  # the commonly used value the paper compares with
+
+
+@dataclass
+class SetRuns:
+    """One data set's runs, by the `method` label of their sweep block."""
+
+    am: dict[float, Run] = field(default_factory=dict)  # c -> AM-MGD run
+    grid: dict[float, dict[float, Run]] = field(default_factory=dict)  # c -> momentum -> run
+    adam: Run | None = None
+
+    def scales(self) -> list[float]:
+        return sorted(set(self.am) | set(self.grid))
+
+    def runs(self) -> list[Run]:
+        grid = [r for by_beta in self.grid.values() for r in by_beta.values()]
+        return [*self.am.values(), *grid, *([self.adam] if self.adam else [])]
+
+
+def collect(runs: list[Run]) -> dict[str, SetRuns]:
+    """Runs per data set, data sets in sweep order."""
+    sets: dict[str, SetRuns] = defaultdict(SetRuns)
+    for r in runs:
+        s = sets[problem_name(r)]
+        if r.method == "am_mgd":
+            s.am[lr_scale(r)] = r
+        elif r.method == "mgd":
+            s.grid.setdefault(lr_scale(r), {})[float(r.cfg.optimizer.momentum)] = r
+        elif r.method == "adam":
+            s.adam = r
+        else:
+            raise ValueError(f"run {r.dir}: method {r.method!r} is not am_mgd, mgd or adam")
+    return dict(sets)
+
+
+def beta_star(grid: dict[float, Run], t: int) -> float | None:
+    """The momentum of the grid with the lowest gap at iteration t (None: no grid); ties at the
+    rounding level go to the one that reached it first (``_stepsize.best_setting``)."""
+    return best_setting(grid, t)
+
+
+def chosen_at(s: SetRuns, c: float, t: int) -> tuple[dict[str, Run], float | None]:
+    """The four methods' runs at step c (Adam: its one run), and β* at c."""
+    grid = s.grid.get(c, {})
+    star = beta_star(grid, t)
+    runs = {
+        "AM-MGD": s.am.get(c),
+        "MGD β=0.9": grid.get(MGD_BETA),
+        "MGD β*": grid[star] if star is not None else None,
+        "Adam": s.adam,
+    }
+    return {m: r for m, r in runs.items() if r is not None}, star
+
+
+def best_step(points: dict[float, Run], t: int) -> tuple[float, Run] | None:
+    """(c, run) with the lowest gap at t over the step sizes (None: no runs)."""
+    c = best_setting(points, t)
+    return None if c is None else (c, points[c])
+
+
+def best_of_grid(s: SetRuns, t: int) -> tuple[float, float, Run] | None:
+    """(c, β, run): MGD's best over every step size and momentum."""
+    pairs = {(c, b): r for c, grid in s.grid.items() for b, r in grid.items()}
+    key = best_setting(pairs, t)
+    return None if key is None else (key[0], key[1], pairs[key])
+
+
+def best_runs(s: SetRuns, t: int) -> list[tuple[str, Run, str]]:
+    """(label, run, method) of each method at its best step size (by the gap at t)."""
+    out = []
+    am = best_step(s.am, t)
+    if am is not None:
+        out.append((f"AM-MGD, c={am[0]:g}", am[1], "AM-MGD"))
+    fixed = {c: g[MGD_BETA] for c, g in s.grid.items() if MGD_BETA in g}
+    mgd = best_step(fixed, t)
+    if mgd is not None:
+        out.append((f"MGD β=0.9, c={mgd[0]:g}", mgd[1], "MGD β=0.9"))
+    star = best_of_grid(s, t)
+    if star is not None:
+        out.append((f"MGD β*={star[1]:g}, c={star[0]:g}", star[2], "MGD β*"))
+    if s.adam is not None:
+        out.append(("Adam", s.adam, "Adam"))
+    return out

@@ -23,29 +23,39 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from amm.data.libsvm import path_name
 from experiments import Run, fmt, load_runs
 from experiments._stepsize import (
     ROUNDED,
     ROUNDING_K,
+    TIE_RATIO,
+    TIME_TIE_RATIO,
+    Outcome,
+    SetRuns,
     at_rounding,
+    best_of_grid,
+    best_runs,
+    best_step,
     budgets,
     cell,
+    chosen_at,
+    collect,
+    compare_runs,
     draw_rounding_level,
     draw_vs_c,
     gap_curve,
     gap_text,
     initial_gap,
-    lr_scale,
+    on_edge,
     rounded_from,
     score,
+    targets,
+    time_to_target,
 )
 
 METHODS = ("AM-MGD", "MGD β=0.9", "MGD β*", "Adam")
@@ -55,7 +65,6 @@ STYLE: dict[str, dict[str, Any]] = {
     "MGD β*": {"color": "tab:green"},
     "Adam": {"color": "tab:purple", "ls": ":"},
 }
-MGD_BETA = 0.9  # the commonly used value the paper compares with
 BASE_C = 1.0  # the step of the per-set curves (lr = 1/L)
 # f* comes from Newton-CG to ||grad f|| <= 1e-8 x ||grad f(0)|| (amm.data.convex), so it is
 # within ||grad||^2 / (2 l2) of the minimum: below 1e-17 on the reduced sets (each run's summary
@@ -72,91 +81,6 @@ ROUNDING_NOTE = (
 )
 
 
-def rank(run: Run, t: int) -> float:
-    """What "best" and "ahead" compare: the gap at t, inf if diverged, the rounding level of
-    f* once it was reached (ties)."""
-    return score(run, t)
-
-
-def pick(run: Run, t: int) -> tuple[float, float]:
-    """What "best" (β*, best c) minimises: ``rank``, and among runs tied at the rounding level
-    of f*, the one that reached it first (the grid's order would be an arbitrary pick)."""
-    start = rounded_from(run)
-    return rank(run, t), math.inf if start is None or start > t else float(start)
-
-
-@dataclass
-class SetRuns:
-    """One data set's runs, by the `method` label of their sweep block."""
-
-    am: dict[float, Run] = field(default_factory=dict)  # c -> AM-MGD run
-    grid: dict[float, dict[float, Run]] = field(default_factory=dict)  # c -> momentum -> run
-    adam: Run | None = None
-
-    def scales(self) -> list[float]:
-        return sorted(set(self.am) | set(self.grid))
-
-    def runs(self) -> list[Run]:
-        grid = [r for by_beta in self.grid.values() for r in by_beta.values()]
-        return [*self.am.values(), *grid, *([self.adam] if self.adam else [])]
-
-
-def set_name(run: Run) -> str:
-    """The data set a run used: the file's name when given by path (``dataset.path=FILE``, which
-    takes the place of ``dataset.name``), else ``dataset.name``."""
-    path = run.cfg.dataset.get("path")
-    return path_name(path) if path else str(run.cfg.dataset.name)
-
-
-def collect(runs: list[Run]) -> dict[str, SetRuns]:
-    """Runs per data set, data sets in sweep order."""
-    sets: dict[str, SetRuns] = defaultdict(SetRuns)
-    for r in runs:
-        s = sets[set_name(r)]
-        if r.method == "am_mgd":
-            s.am[lr_scale(r)] = r
-        elif r.method == "mgd":
-            s.grid.setdefault(lr_scale(r), {})[float(r.cfg.optimizer.momentum)] = r
-        elif r.method == "adam":
-            s.adam = r
-        else:
-            raise ValueError(f"run {r.dir}: method {r.method!r} is not am_mgd, mgd or adam")
-    return dict(sets)
-
-
-def beta_star(grid: dict[float, Run], t: int) -> float | None:
-    """The momentum of the grid with the lowest gap at iteration t (None: no grid); ties at the
-    rounding level go to the one that reached it first."""
-    return min(grid, key=lambda b: pick(grid[b], t)) if grid else None
-
-
-def chosen_at(s: SetRuns, c: float, t: int) -> tuple[dict[str, Run], float | None]:
-    """The four methods' runs at step c (Adam: its one run), and β* at c."""
-    grid = s.grid.get(c, {})
-    star = beta_star(grid, t)
-    runs = {
-        "AM-MGD": s.am.get(c),
-        "MGD β=0.9": grid.get(MGD_BETA),
-        "MGD β*": grid[star] if star is not None else None,
-        "Adam": s.adam,
-    }
-    return {m: r for m, r in runs.items() if r is not None}, star
-
-
-def best_step(points: dict[float, Run], t: int) -> tuple[float, Run] | None:
-    """(c, run) with the lowest gap at t over the step sizes (None: no runs)."""
-    if not points:
-        return None
-    c = min(points, key=lambda c: pick(points[c], t))
-    return c, points[c]
-
-
-def best_of_grid(s: SetRuns, t: int) -> tuple[float, float, Run] | None:
-    """(c, β, run): MGD's best over every step size and momentum."""
-    pairs = [(c, b, r) for c, grid in s.grid.items() for b, r in grid.items()]
-    return min(pairs, key=lambda p: pick(p[2], t)) if pairs else None
-
-
 def panel_grid(fig: Figure, n: int) -> tuple[Any, int]:
     ncols = min(n, 4)
     return fig.add_gridspec(math.ceil(n / ncols), ncols), ncols
@@ -171,6 +95,7 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     draw_curves(sets, last, out_dir, scale)
     draw_stepsize(sets, ts, out_dir, scale)
     draw_best(sets, last, out_dir, scale)
+    draw_profile(sets, last, out_dir, scale)
     (out_dir / "stepsize.md").write_text("\n".join(stepsize_tables(sets, ts, scale)) + "\n")
 
 
@@ -277,7 +202,7 @@ def draw_stepsize(sets: dict[str, SetRuns], ts: list[int], out_dir: Path, scale:
                     style = {**STYLE[m], "ls": budget_ls[t]}
                     draw_vs_c(ax, points, t, ceiling, label=f"{m}, t={t}", **style)
             if s.adam is not None:
-                adam = rank(s.adam, t)  # on the rounding level once it reached it
+                adam = score(s.adam, t)  # on the rounding level once it reached it
                 if math.isfinite(adam):
                     ax.axhline(adam, color="tab:purple", ls=budget_ls[t], lw=0.8)
         ax.axhline(ceiling, color="k", lw=0.5, alpha=0.4)
@@ -317,33 +242,131 @@ def draw_best(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str) ->
     fig.savefig(out_dir / "figure3_best.pdf")
 
 
-def best_runs(s: SetRuns, t: int) -> list[tuple[str, Run, str]]:
-    """(label, run, method) of each method at its best step size (by the gap at t)."""
-    out = []
-    am = best_step(s.am, t)
-    if am is not None:
-        out.append((f"AM-MGD, c={am[0]:g}", am[1], "AM-MGD"))
-    fixed = {c: g[MGD_BETA] for c, g in s.grid.items() if MGD_BETA in g}
-    mgd = best_step(fixed, t)
-    if mgd is not None:
-        out.append((f"MGD β=0.9, c={mgd[0]:g}", mgd[1], "MGD β=0.9"))
-    star = best_of_grid(s, t)
-    if star is not None:
-        out.append((f"MGD β*={star[1]:g}, c={star[0]:g}", star[2], "MGD β*"))
-    if s.adam is not None:
-        out.append(("Adam", s.adam, "Adam"))
+PROFILE_DECADES = 6  # the first profile's target: 10^-6 of the starting gap
+
+
+def profile(times: dict[str, list[float]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Dolan–Moré performance profiles: per method, the share of problems it solves within a
+    factor tau of the fastest method on that problem (``times``: method -> time per problem,
+    inf where it never reached the target; problems no method solved are left out)."""
+    t = np.asarray(list(times.values()), dtype=np.float64)  # [methods, problems]
+    fastest = t.min(axis=0)
+    solved = np.isfinite(fastest)
+    ratios = t[:, solved] / fastest[solved]
+    out = {}
+    for method, r in zip(times, ratios):
+        taus = np.sort(r[np.isfinite(r)])
+        share = np.arange(1, len(taus) + 1) / max(ratios.shape[1], 1)
+        out[method] = (taus, share)
     return out
+
+
+def draw_profile(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str) -> None:
+    """figure3_profile.png: performance profiles over the data sets of the iterations to reach
+    f − f* ≤ 10^-6 (f(x_0) − f*) and ≤ the rounding level of f*, each method at its best c."""
+    goals = {
+        f"f − f* ≤ 1e-{PROFILE_DECADES} (f(x₀) − f*)": lambda r: (
+            initial_gap(r) * 10.0**-PROFILE_DECADES
+        ),
+        "f − f* ≤ rounding level of f*": lambda r: targets([r])[-1],
+    }
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(goals))
+    for ax, (title, goal) in zip(axes, goals.items()):
+        times: dict[str, list[float]] = defaultdict(list)
+        for s in sets.values():
+            best = {method: run for _, run, method in best_runs(s, last)}
+            for method in METHODS:
+                run = best.get(method)
+                hit = None if run is None else time_to_target(run, goal(run))
+                times[method].append(math.inf if hit is None else max(hit, 1))
+        for method, (taus, share) in profile(dict(times)).items():
+            if len(taus):
+                ax.step(np.r_[1.0, taus], np.r_[0.0, share], where="post", label=method,
+                        **{k: v for k, v in STYLE[method].items() if k != "lw"})  # fmt: skip
+            else:
+                ax.plot([], [], label=f"{method} (never)", **STYLE[method])
+        ax.set(xscale="log", xlabel="τ: within τ × the fastest method's iterations",
+               ylabel="share of data sets", ylim=(-0.02, 1.02), title=title)  # fmt: skip
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(
+        f"Figure 3, performance profiles over {len(sets)} data sets ({scale} scale), "
+        f"each method at its best c after {last} iterations",
+        fontsize=10,
+    )
+    fig.savefig(out_dir / "figure3_profile.png", dpi=150)
+    fig.savefig(out_dir / "figure3_profile.pdf")
 
 
 def gap_ratio(a: Run, b: Run, t: int) -> str:
     """a's gap at t over b's; a gap at the rounding level of f* only bounds the ratio."""
-    ga, gb = rank(a, t), rank(b, t)
+    ga, gb = score(a, t), score(b, t)
     if not (math.isfinite(ga) and math.isfinite(gb) and gb > 0):
         return "–"
     rounded = (at_rounding(a, t), at_rounding(b, t))
     if all(rounded):  # both at f* to rounding: say which got there first
         return f"tie ({ROUNDED} from iteration {rounded_from(a)} vs {rounded_from(b)})"
     return {(True, False): "≤ ", (False, True): "≥ "}.get(rounded, "") + f"{ga / gb:.2g}"
+
+
+def outcome_counts(found: list[Outcome]) -> str:
+    """'a / t / b of n': ahead, tied, behind."""
+    a, t, b = (sum(o == k for o in found) for k in (Outcome.AHEAD, Outcome.TIE, Outcome.BEHIND))
+    return f"{a} / {t} / {b} of {len(found)}"
+
+
+def time_to_target_table(sets: dict[str, SetRuns], last: int) -> list[str]:
+    """Iterations each method (at its best c by the gap after ``last``) needs to reach each
+    target, per data set: the speed a tie at the budget hides (AlgoPerf's time to target)."""
+    lines = [
+        f"## Time to target: iterations to reach f − f* ≤ ε (each method at its best c, by "
+        f"f − f* after {last} iterations)",
+        "",
+        "ε: 10⁻² … 10⁻¹⁰ of the starting gap f(x_0) − f*, then the rounding level of f* "
+        "(the last column); '>': not reached within the run.",
+        "",
+    ]
+    for name, s in sets.items():
+        best = best_runs(s, last)
+        if not best:
+            continue
+        eps = targets([best[0][1]])
+        lines += [
+            f"### {name}",
+            "",
+            "| method | " + " | ".join(f"{e:.1e}" for e in eps) + " |",
+            "|---" * (len(eps) + 1) + "|",
+        ]
+        for label, run, _ in best:
+            row = [time_to_target(run, e) for e in eps]
+            lines.append(
+                f"| {label} | " + " | ".join(">" if v is None else str(v) for v in row) + " |"
+            )
+        lines.append("")
+    return lines
+
+
+def edge_notes(sets: dict[str, SetRuns], last: int) -> list[str]:
+    """Every best setting that sits on an edge of its grid: not a tuned value (the best may lie
+    beyond the grid)."""
+    notes = []
+    for name, s in sets.items():
+        cs = s.scales()
+        momenta = sorted({b for grid in s.grid.values() for b in grid})
+        am = best_step(s.am, last)
+        if am is not None and on_edge(am[0], cs):
+            notes.append(f"- {name}: AM-MGD's best c = {am[0]:g} is on the edge of c {cs}")
+        star = best_of_grid(s, last)
+        if star is not None:
+            edges = [f"c = {star[0]:g}"] if on_edge(star[0], cs) else []
+            edges += [f"β = {star[1]:g}"] if on_edge(star[1], momenta) else []
+            if edges:
+                notes.append(
+                    f"- {name}: MGD β*'s best ({' and '.join(edges)}) is on the edge of its "
+                    f"grid (c {cs}, β {momenta})"
+                )
+    head = "## Best settings on a grid edge (not tuned: the best may lie beyond the grid)"
+    return [head, "", *(notes or ["None: every best setting is inside its grid."])]
 
 
 def stepsize_tables(sets: dict[str, SetRuns], ts: list[int], scale: str) -> list[str]:
@@ -403,7 +426,13 @@ def stepsize_tables(sets: dict[str, SetRuns], ts: list[int], scale: str) -> list
         "MGD β*'s best is over every c and momentum of the grid (its β in the label: "
         "figure3_best.png).",
         "",
-        "## Data sets where AM-MGD is ahead (lower f − f*), per c",
+        "## Data sets where AM-MGD is ahead / tied / behind, per c",
+        "",
+        f"The one comparison of figure1, figure3 and the claims report "
+        f"(`experiments._stepsize.compare_runs`): the lower f − f* at t beyond a ratio of "
+        f"{TIE_RATIO:g}; equal gaps (both at the rounding level of f*, or within the ratio) go "
+        f"to the run that reached the smallest common target first (beyond {TIME_TIE_RATIO:g}x "
+        "the iterations), else a tie.",
         "",
         "| c | " + " | ".join(f"vs MGD β=0.9, t={t} | vs MGD β*, t={t}" for t in ts) + " |",
         "|---" * (2 * len(ts) + 1) + "|",
@@ -413,12 +442,12 @@ def stepsize_tables(sets: dict[str, SetRuns], ts: list[int], scale: str) -> list
         counts = []
         for t in ts:
             for other in ("MGD β=0.9", "MGD β*"):
-                wins = total = 0
-                for s in sets.values():
-                    chosen, _ = chosen_at(s, c, last)
-                    if "AM-MGD" in chosen and other in chosen:
-                        total += 1
-                        wins += rank(chosen["AM-MGD"], t) < rank(chosen[other], t)
-                counts.append(f"{wins} of {total}")
+                found = [
+                    compare_runs(chosen["AM-MGD"], chosen[other], t)
+                    for chosen, _ in (chosen_at(s, c, last) for s in sets.values())
+                    if "AM-MGD" in chosen and other in chosen
+                ]
+                counts.append(outcome_counts(found))
         lines.append(f"| {c:g} | " + " | ".join(counts) + " |")
+    lines += ["", *time_to_target_table(sets, last), "", *edge_notes(sets, last)]
     return lines
