@@ -25,6 +25,14 @@ def size_order(run: Run) -> tuple[int, int]:
     return int(run.cfg.model.hidden_size), int(run.cfg.model.num_hidden_layers)
 
 
+def testbed(runs: list[Run]) -> str:
+    """What the runs trained on, for titles: the paper's C4, or the reduced character testbed."""
+    targets = {str(r.cfg.dataset.get("_target_", "")) for r in runs}
+    if all(t.endswith("ShakespeareChar") for t in targets):
+        return "character-level LLaMA on tiny Shakespeare"
+    return "LLaMA on C4"
+
+
 def warmup(run: Run) -> int:
     return int(run.cfg.trainer.scheduler.warmup_steps)
 

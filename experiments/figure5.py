@@ -31,6 +31,7 @@ from experiments._llm import (
     perplexity,
     regime,
     smoothing_window,
+    testbed,
     train_loss,
     warmup,
 )
@@ -109,7 +110,7 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     fig = Figure(figsize=(14, 3.8 * len(groups)), layout="constrained")
     axes = fig.subplots(len(groups), 3, squeeze=False)
     table = [
-        f"# Figure 5: LLaMA on C4 ({scale} scale), final values",
+        f"# Figure 5: {testbed(runs)} ({scale} scale), final values",
         "",
         SPREAD_NOTE,
         seeds_note(runs) + " Perplexity: exp of the mean eval loss.",

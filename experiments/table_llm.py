@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from experiments import Run, load_runs
 from experiments._llm import (
     by_cell,
@@ -23,6 +25,7 @@ from experiments._llm import (
     num,
     perplexity,
     regime,
+    testbed,
     warmup,
 )
 from experiments._stats import SPREAD_NOTE, cell, difference_cell, estimate, seeds_note
@@ -58,7 +61,7 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     columns = [(label, w, name) for _, _, label, w, name in sorted(keys)]
     pairs = comparisons(runs)
     lines = [
-        f"# LLaMA on C4 ({scale} scale): final evaluation perplexity / evaluation loss",
+        f"# {testbed(runs)} ({scale} scale): final evaluation perplexity / evaluation loss",
         "",
         SPREAD_NOTE,
         seeds_note(runs) + " Perplexity: exp of the mean evaluation loss.",
@@ -98,8 +101,16 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         "",
         f"{runs[0].summary.get('step')} steps of {cfg.dataset.batch_size} x {cfg.dataset.seq_len} "
         f"tokens, lr {cfg.optimizer.lr:g}, cosine schedule; evaluation on the first "
-        f"{cfg.dataset.eval_tokens} held-out tokens of "
-        f"{cfg.dataset.data_files or 'the C4 validation split'}.",
+        f"{cfg.dataset.eval_tokens} held-out tokens of {held_out_source(cfg.dataset)}.",
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "table_llm.md").write_text("\n".join(lines + paired + footer) + "\n")
+
+
+def held_out_source(dataset: DictConfig) -> str:
+    """Where the evaluation tokens come from, for the footer (C4 files, the hub split, or a text)."""
+    if "path" in dataset:  # a single local text (character-level Shakespeare)
+        return f"{Path(dataset.path).name} (last 10 %)"
+    return str(
+        dataset.get("val_data_files") or dataset.get("data_files") or "the C4 validation split"
+    )
