@@ -15,13 +15,21 @@ Saving never leaves a broken ``last.pt``: the new file is written next to it, fl
 instant), and a rename puts the new one in place. Loading tries ``last.pt``, then (with a
 warning naming the file and the error) ``previous.pt``; if none can be read the error names the
 files and says what to do: a run never silently starts over.
+
+Loading never runs code: ``torch.load(..., weights_only=True)`` accepts tensors, numbers,
+strings and containers only, so a planted ``last.pt`` (a pickle with a ``__reduce__`` payload, on
+a shared file system) is refused, not executed. For that every value in the file is such a
+type: the numpy RNG state is stored as a tensor. Checkpoints written before that (numpy arrays
+inside) load with exactly numpy's array-rebuilding globals allowed, nothing else.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -156,8 +164,7 @@ class Checkpointer:
         return False
 
     def _load(self, path: Path) -> None:
-        # weights_only=False: the file holds RNG states (numpy arrays, tuples); we wrote it.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = safe_load(path)
         if not isinstance(ckpt, dict) or "step" not in ckpt:
             raise CheckpointError("not a checkpoint of this trainer (no 'step')")
         if "sharded" in ckpt:  # a DCP directory, written at any world size
@@ -231,13 +238,49 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def safe_load(path: Path) -> Any:
+    """``torch.load`` that cannot run code: tensors, numbers, strings and containers only.
+
+    An older checkpoint's numpy RNG state (an array in a tuple) needs numpy's array-rebuilding
+    globals: exactly those are allowed, so such a file still loads and nothing else does.
+    """
+    legacy_numpy = [np.ndarray, np.dtype, _numpy_reconstruct(), type(np.dtype(np.uint32))]
+    try:
+        with torch.serialization.safe_globals(legacy_numpy):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"a reference to {found.group(1)}" if found else "objects"
+        raise CheckpointError(
+            f"{path} holds {what}, which no amm checkpoint holds; it was refused "
+            "unread, as loading it could run code. amm did not write this file: remove it, or "
+            "restore the run's own checkpoint."
+        ) from None
+
+
+def _numpy_reconstruct() -> Any:
+    try:  # numpy >= 2
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    return multiarray._reconstruct
+
+
 # ---- RNG states ---------------------------------------------------------------------------
 
 
 def get_rng_state() -> dict[str, Any]:
+    """Every RNG's state in types ``torch.load(weights_only=True)`` reads back."""
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (int, tuple of ints, float | None)
+        "numpy": {
+            "bit_generator": name,
+            "key": torch.from_numpy(np.asarray(key).astype(np.int64)),  # uint32 words
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -245,7 +288,17 @@ def get_rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["key"].numpy().astype(np.uint32)
+        numpy_state = (
+            numpy_state["bit_generator"],
+            key,
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    np.random.set_state(numpy_state)  # a tuple with an array: a checkpoint from before the dict
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -281,6 +334,7 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
     """Load a ``save_sharded`` directory into this world size's model and optimizer."""
     if not path.is_dir():
         raise CheckpointError(f"the DCP directory {path} it names is missing")
+    check_dcp_metadata(path / ".metadata")
     init_optimizer_state(optimizer)
     model_state, optim_state = get_state_dict(model, optimizer)
     state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
@@ -289,6 +343,48 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )
+
+
+# What DCP's .metadata pickle refers to (torch 2.11-2.14): its metadata dataclasses, torch sizes,
+# dtypes and layouts, paths. DCP reads the file with plain pickle.load, so it is vetted first.
+_DCP_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": None,  # None: any name of the module
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _DcpMetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = module in _DCP_GLOBALS and (
+            _DCP_GLOBALS[module] is None or name in _DCP_GLOBALS[module]  # type: ignore[operator]
+        )
+        if module == "torch":  # torch.Size and the dtypes only
+            allowed = name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def check_dcp_metadata(path: Path) -> None:
+    """Refuse a DCP ``.metadata`` that refers to anything but DCP's own metadata types.
+
+    ``dcp.load`` unpickles it without restriction; this reads it first with an unpickler that
+    resolves only the globals such a file holds, so a planted file is refused, not run.
+    """
+    try:
+        with path.open("rb") as fh:
+            _DcpMetadataUnpickler(fh).load()
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds a reference to {err}, which no DCP metadata holds; it was refused "
+            "unread, as loading it could run code. amm did not write this file: remove the "
+            "checkpoint, or restore the run's own."
+        ) from None
+    except (OSError, EOFError) as err:
+        raise CheckpointError(f"cannot read the DCP metadata {path}: {err}") from err
 
 
 def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -320,7 +416,7 @@ def _sharded_names(run_dir: Path) -> set[str]:
     names = set()
     for path in (run_dir / LAST, run_dir / PREVIOUS):
         try:
-            names.add(torch.load(path, map_location="cpu", weights_only=False)["sharded"])
+            names.add(safe_load(path)["sharded"])
         except Exception:  # missing or unreadable: names nothing to keep
             continue
     return names

@@ -182,6 +182,22 @@ def _check_optimizer(cfg: DictConfig, config_dir: Path) -> None:
     defaults: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[assignment]
     values = OmegaConf.to_container(cfg.optimizer, resolve=True)
     assert isinstance(values, dict)
+    from amm.optim.registry import OPTIMIZERS, accepted_keys  # torch: only when validating
+
+    if name in OPTIMIZERS and (accepted := accepted_keys(name)) is not None:
+        unknown = sorted(set(values) - accepted)
+        if unknown:
+            raise ConfigError(
+                f"optimizer.{unknown[0]}: not a setting of optimizer {name}; its settings are "
+                f"{', '.join(sorted(accepted))} ({path})"
+            )
+    lr_scale = values.get("lr_scale", 1.0)
+    if values.get("lr") != "auto" and lr_scale not in (1, 1.0, None):
+        raise ConfigError(
+            f"optimizer.lr_scale={lr_scale!r}: multiplies the problem's suggested step "
+            f"(optimizer.lr=auto); with optimizer.lr={values.get('lr')!r} set the lr itself "
+            "and drop lr_scale"
+        )
     for key, default in defaults.items():
         value = values.get(key)
         if isinstance(default, bool):

@@ -26,6 +26,7 @@ import argparse
 import importlib
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,35 @@ def uses_cluster(overrides: list[str]) -> bool:
     return any(o.startswith("hydra/launcher=") and o != "hydra/launcher=basic" for o in overrides)
 
 
+def uses_slurm(overrides: list[str]) -> bool:
+    return any(o.startswith("hydra/launcher=") and "slurm" in o for o in overrides)
+
+
+def check_slurm_controller(timeout_s: float = 20.0) -> None:
+    """One line, before any job is submitted, when no SLURM controller answers here (instead of
+    a submitit traceback per sweep block)."""
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        raise SystemExit(
+            "CLUSTER=slurm (hydra/launcher=slurm): sbatch/scontrol are not on PATH here. Run "
+            "the command on the cluster's login node, or leave CLUSTER out to run locally."
+        )
+    try:
+        ping = subprocess.run(
+            ["scontrol", "ping"], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+        answer = (ping.stdout + ping.stderr).strip()
+        ok = ping.returncode == 0 and "UP" in answer
+    except subprocess.TimeoutExpired:
+        answer, ok = f"no answer in {timeout_s:g} s", False
+    if not ok:
+        first = answer.splitlines()[0] if answer else f"exit {ping.returncode}"
+        raise SystemExit(
+            f"CLUSTER=slurm: no SLURM controller answered (`scontrol ping`: {first}). Start "
+            "slurmctld, or point at the cluster's with SLURM_CONF=/path/to/slurm.conf; nothing "
+            "was submitted."
+        )
+
+
 def expand_jobs(overrides: list[str]) -> list[list[str]]:
     """The jobs of a multirun, each a list of plain overrides, as Hydra's basic sweeper makes them."""
     parsed = OverridesParser.create().parse_overrides(overrides)
@@ -247,6 +277,9 @@ def reproduce(
         except ValueError as err:  # a sweep block or `seeds` the experiment config gets wrong
             raise SystemExit(f"amm.reproduce {artifact}: {err}") from None
     run_dirs = [d for dirs in block_dirs for d in dirs]
+    unfinished = any(not (d / "summary.json").exists() for d in run_dirs)
+    if uses_slurm(overrides) and unfinished and not (dry_run or collect):
+        check_slurm_controller()
     if len(set(run_dirs)) != len(run_dirs):  # e.g. two blocks that differ only in `method`
         twice = sorted({str(d) for d in run_dirs if run_dirs.count(d) > 1})
         raise SystemExit(f"{artifact}: two sweep jobs would share a run directory: {twice}")

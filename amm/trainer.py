@@ -88,7 +88,6 @@ CHECKPOINT = LAST  # checkpoints/last.pt, relative to the run directory
 SUMMARY = "summary.json"
 INTERVAL_KEYS = ("betas", "steps_per_s", "tokens_per_s")  # in records, left out of the summary
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
-LOW_PRECISION = (torch.bfloat16, torch.float16)  # gradient sums in fp32, as the optimizers do
 # recorded in meta.json: which SLURM job (array task) ran the run, where, after how many requeues
 SLURM_META = (
     "SLURM_JOB_ID",
@@ -219,6 +218,7 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
             upcoming = state.step + 1  # the gradient norm is computed for records only
             logs_next = upcoming % log_every == 0 or upcoming == max_steps
             logs_next |= eval_every > 0 and upcoming % eval_every == 0
+            skips_before = getattr(optimizer, "nonfinite_skips", 0)
             loss, metrics = take_step(
                 model,
                 optimizer,
@@ -234,9 +234,9 @@ def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[s
             bar.update(1)
             step = state.step
 
-            # optimizer.nonfinite=skip: the optimizer skipped this step if a gradient was not
-            # finite (it read that flag on the host too); count, log, and stop when it persists
-            if skip_nonfinite and not gradients_finite(raw_model, world_size):
+            # optimizer.nonfinite=skip: the optimizer counts the steps it skipped for a
+            # non-finite gradient (its one host read); count, log, and stop when it persists
+            if skip_nonfinite and getattr(optimizer, "nonfinite_skips", 0) > skips_before:
                 state.skipped += 1
                 state.skipped_in_row += 1
                 skipped_since_record += 1
@@ -399,26 +399,6 @@ def divergence(records: list[dict[str, Any]], stopped_early: str, skipped: int) 
     if skipped:
         out["skipped_steps"] = skipped
     return out
-
-
-def gradients_finite(model: nn.Module, world_size: int) -> bool:
-    """Whether every gradient's sum of squares is finite (the optimizers' own test; one host
-    read). Under FSDP the shards' flags are combined."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return True
-    sums = torch.stack(
-        [
-            g.detach().float().pow(2).sum() if g.dtype in LOW_PRECISION else g.detach().pow(2).sum()
-            for g in grads
-        ]
-    )
-    finite = torch.isfinite(sums).all().to(torch.int64).reshape(1)
-    if world_size > 1:
-        if dist.get_backend() == "nccl":
-            finite = finite.cuda()
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    return bool(finite.item())
 
 
 # ---- helpers, in the order the loop uses them ---------------------------------------------

@@ -189,7 +189,13 @@ def draw_rounding_level(ax: Axes, runs: list[Run]) -> None:
     problem: one f*) reached it; else nothing, so the axis does not stretch down to it."""
     reached = [r for r in runs if rounded_from(r) is not None]
     if reached and rounding_level(reached[0]) > 0:
-        ax.axhline(rounding_level(reached[0]), color="0.5", ls=":", lw=0.7)
+        ax.axhline(
+            rounding_level(reached[0]),
+            color="0.5",
+            ls=":",
+            lw=0.7,
+            label=f"rounding level of f* ({ROUNDING_K} eps |f*|)",
+        )
 
 
 # ---- the one definition of a convex comparison (figure1, figure3 and the claims report) -----

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from experiments import Run, load_runs
+from experiments._figures import save_figure
 from experiments._stats import (
     BAND_NOTE,
     SPREAD_NOTE,
@@ -266,12 +267,6 @@ def save_training_figure(
     n = max(len(seeds) for g in groups.values() for seeds in by_method(g).values())
     fig.suptitle(title + (f"\n{BAND_NOTE} (n = {n})" if n > 1 else ""), fontsize=10)
     save_figure(fig, out_dir, stem)
-
-
-def save_figure(fig: Figure, out_dir: Path, stem: str) -> None:
-    """<stem>.png (130 dpi) and <stem>.pdf in ``out_dir``."""
-    fig.savefig(out_dir / f"{stem}.png", dpi=130)
-    fig.savefig(out_dir / f"{stem}.pdf")
 
 
 def write_accuracy_table(

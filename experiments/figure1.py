@@ -22,6 +22,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from experiments import Run, fmt, load_runs, nan_to_inf
+from experiments._figures import save_figure
 from experiments._stepsize import (
     cell,
     draw_vs_c,
@@ -128,8 +129,7 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / "figure1.png", dpi=150)
-    fig.savefig(out_dir / "figure1.pdf")
+    save_figure(fig, out_dir, "figure1")
 
     lines = [
         f"# Figure 1: final objective gap after {steps} iterations ({scale} scale)",
@@ -173,15 +173,12 @@ def draw_stepsize(runs: list[Run], out_dir: Path, scale: str) -> None:
         run = next(iter(points.values()))
         ls, colour = style(run) if run.method != "mgd" else ("-", colours[name])
         draw_vs_c(ax, points, t, ceiling, ls=ls, color=colour, label=name)
-    ax.axhline(ceiling, color="k", lw=0.5, alpha=0.4)
+    ax.axhline(ceiling, color="k", lw=0.5, alpha=0.4, label="diverged (×)")
     ax.set(yscale="log", xlabel="c (lr = c / L)", ylabel=f"f − f* after {t} iterations")
     ax.legend(fontsize=7)
-    fig.suptitle(
-        f"Figure 1 across step sizes ({scale} scale); x on the grey line: diverged", fontsize=10
-    )
+    fig.suptitle(f"Figure 1 across step sizes ({scale} scale)", fontsize=10)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / "figure1_stepsize.png", dpi=150)
-    fig.savefig(out_dir / "figure1_stepsize.pdf")
+    save_figure(fig, out_dir, "figure1_stepsize")
 
     names = list(lines)
     table = [

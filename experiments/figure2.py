@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 
 from amm.data.convex import LogisticObjective, lambda_max_gram, solve_fstar
 from amm.optim.beta import adaptive_beta
+from experiments._figures import legend_unique, save_figure
 
 # The function: 1-D logistic regression, features A, labels Y, L2 coefficient L2.
 A = np.array([1.0, 2.0, -1.5, 0.5, -0.5])
@@ -204,16 +205,16 @@ def draw(ill: Illustration) -> Figure:
     for s in ill.steps:
         color = COLORS[s.name]
         ax_prox.plot(xp, ill.prox_objective(s, xp), color=color, lw=1.6, label=s.name)
-        ax_prox.axvline(s.x2, color=color, lw=0.8, ls=":")
+        ax_prox.axvline(s.x2, color=color, lw=0.8, ls=":", label="its minimiser $x_2$")
         ax_prox.plot([s.x2], ill.prox_objective(s, np.array([s.x2])), "o", color=color, ms=7)
-    ax_prox.axvline(ill.x1, color="black", lw=0.8)
+    ax_prox.axvline(ill.x1, color="black", lw=0.8, label="$x_1$")
     ax_prox.text(ill.x1, ax_prox.get_ylim()[1], " $x_1$", va="top", fontsize=9)
     ax_prox.set(
         xlabel="x",
         ylabel="model + proximal terms",
         title="(b) each model's proximal step (its minimiser)",
     )
-    ax_prox.legend(fontsize=8)
+    legend_unique(ax_prox, fontsize=8)
 
     # (c) beta and f(x_2) - f* for every bias from below the bundle one to above AM's.
     b_bundle, b_am = ill.steps[1].bias, ill.steps[0].bias
@@ -227,12 +228,15 @@ def draw(ill: Illustration) -> Figure:
     ax_gap.plot(biases, gaps, color="tab:green", lw=1.5, ls="--", label="f($x_2$) − f*")
     ax_gap.set(ylabel="f($x_2$) − f*", ylim=(0, 1.1 * max(gaps)))
     for s in ill.steps:
-        ax_beta.axvline(s.bias, color=COLORS[s.name], lw=1, ls=":")
+        ax_beta.axvline(s.bias, color=COLORS[s.name], lw=1, ls=":", label="each model's bias")
         ax_beta.plot([s.bias], [s.beta], "o", color=COLORS[s.name], ms=7, zorder=5)
         ax_beta.text(s.bias, 0.96, f" {s.name.split()[0]}", color=COLORS[s.name], fontsize=9)
-    ax_beta.axvline(0.0, color="0.7", lw=0.8)
-    lines = ax_beta.get_lines()[:1] + ax_gap.get_lines()[:1]
-    ax_beta.legend(lines, [str(line.get_label()) for line in lines], fontsize=8, loc="center left")
+    ax_beta.axvline(0.0, color="0.7", lw=0.8, label="b = 0")
+    first: dict[str, object] = {}  # one entry per label, over both y axes
+    for line in [*ax_beta.get_lines(), *ax_gap.get_lines()]:
+        if not str(line.get_label()).startswith("_"):
+            first.setdefault(str(line.get_label()), line)
+    ax_beta.legend(list(first.values()), list(first), fontsize=8, loc="center left")
     ax_beta.set_title("(c) β and the gap after the step, by bias")
     fig.suptitle(
         f"Over- vs under-estimating momentum plane: AM-MGD step 2 from $x_0$={ill.x0:g}, "
@@ -273,6 +277,5 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     ill = illustration()
     fig = draw(ill)
-    for ext in ("png", "pdf"):
-        fig.savefig(out_dir / f"figure2.{ext}", dpi=150)
+    save_figure(fig, out_dir, "figure2")
     (out_dir / "table.md").write_text(table(ill))

@@ -30,6 +30,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments import Run, fmt, load_runs
+from experiments._figures import save_figure, suptitle_fitted
 from experiments._stepsize import (
     ROUNDED,
     ROUNDING_K,
@@ -132,12 +133,11 @@ def draw_curves(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str) 
         table.append(
             f"| {name} | " + " | ".join(finals) + f" | {'–' if star is None else f'{star:g}'} |"
         )
-    fig.suptitle(
+    suptitle_fitted(
+        fig,
         f"Figure 3 ({scale} scale)\nlogistic regression, lr = 1/L (Adam: 1e-3); {ROUNDED_CAPTION}",
-        fontsize=10,
     )
-    fig.savefig(out_dir / "figure3.png", dpi=150)
-    fig.savefig(out_dir / "figure3.pdf")
+    save_figure(fig, out_dir, "figure3")
     table += [
         "",
         DETERMINISTIC,
@@ -204,20 +204,20 @@ def draw_stepsize(sets: dict[str, SetRuns], ts: list[int], out_dir: Path, scale:
             if s.adam is not None:
                 adam = score(s.adam, t)  # on the rounding level once it reached it
                 if math.isfinite(adam):
-                    ax.axhline(adam, color="tab:purple", ls=budget_ls[t], lw=0.8)
-        ax.axhline(ceiling, color="k", lw=0.5, alpha=0.4)
+                    ax.axhline(
+                        adam, color="tab:purple", ls=budget_ls[t], lw=0.8, label=f"Adam, t={t}"
+                    )
+        ax.axhline(ceiling, color="k", lw=0.5, alpha=0.4, label="diverged (×)")
         draw_rounding_level(ax, s.runs())
         ax.set(yscale="log", title=name, xlabel="c (lr = c / L)", ylabel="f(x_t) − f*")
         ax.legend(fontsize=6)
-    fig.suptitle(
+    suptitle_fitted(
+        fig,
         f"Figure 3 across step sizes ({scale} scale): f − f* after t iterations vs c\n"
-        f"t = {', '.join(map(str, shown))}: dotted, solid; x on the grey line: diverged;\n"
-        "purple: Adam (lr 1e-3, once); on the grey dotted line: f − f* reached the rounding "
-        f"level of f* ({ROUNDING_K} eps |f*|)",
+        "Adam: lr 1e-3, the same at every c",
         fontsize=9,
     )
-    fig.savefig(out_dir / "figure3_stepsize.png", dpi=150)
-    fig.savefig(out_dir / "figure3_stepsize.pdf")
+    save_figure(fig, out_dir, "figure3_stepsize")
 
 
 def draw_best(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str) -> None:
@@ -233,13 +233,12 @@ def draw_best(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str) ->
         draw_rounding_level(ax, [run for _, run, _ in best])
         ax.set(yscale="log", title=name, xlabel="iteration", ylabel="f − f*")
         ax.legend(fontsize=7)
-    fig.suptitle(
+    suptitle_fitted(
+        fig,
         f"Figure 3, each method at its best step size c\n({scale} scale; by f − f* after "
         f"{last} iterations)\n{ROUNDED_CAPTION}",
-        fontsize=10,
     )
-    fig.savefig(out_dir / "figure3_best.png", dpi=150)
-    fig.savefig(out_dir / "figure3_best.pdf")
+    save_figure(fig, out_dir, "figure3_best")
 
 
 PROFILE_DECADES = 6  # the first profile's target: 10^-6 of the starting gap
@@ -289,13 +288,12 @@ def draw_profile(sets: dict[str, SetRuns], last: int, out_dir: Path, scale: str)
         ax.set(xscale="log", xlabel="τ: within τ × the fastest method's iterations",
                ylabel="share of data sets", ylim=(-0.02, 1.02), title=title)  # fmt: skip
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(
+    suptitle_fitted(
+        fig,
         f"Figure 3, performance profiles over {len(sets)} data sets ({scale} scale), "
         f"each method at its best c after {last} iterations",
-        fontsize=10,
     )
-    fig.savefig(out_dir / "figure3_profile.png", dpi=150)
-    fig.savefig(out_dir / "figure3_profile.pdf")
+    save_figure(fig, out_dir, "figure3_profile")
 
 
 def gap_ratio(a: Run, b: Run, t: int) -> str:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from experiments._figures import save_figure
 from experiments._vision import (
     by_method,
     curves,
     diverged,
     draw_betas,
     make_training_artifact,
-    save_figure,
 )
 
 NOTES = [

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments import Run, load_runs
+from experiments._figures import save_figure
 from experiments._llm import (
     by_cell,
     by_size,
@@ -173,6 +174,5 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
         fontsize=10,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / "figure5.png", dpi=150)
-    fig.savefig(out_dir / "figure5.pdf")
+    save_figure(fig, out_dir, "figure5")
     (out_dir / "table.md").write_text("\n".join(table + paired) + "\n")

@@ -28,6 +28,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from experiments import Run, load_runs
+from experiments._figures import save_figure
 from experiments._stats import (
     BAND_NOTE,
     SPREAD_NOTE,
@@ -49,7 +50,6 @@ from experiments._vision import (
     final_train_loss,
     group_by_setting,
     method,
-    save_figure,
     working_threshold,
 )
 

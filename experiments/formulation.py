@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments import Run, load_runs
+from experiments._figures import save_figure
 from experiments._llm import eval_losses, train_loss, warmup
 from experiments._stats import (
     SPREAD_NOTE,
@@ -183,5 +184,4 @@ def _plot(
         ax.set_ylim(-0.02, 1.0)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"AM-AdamW's four formulations, per-tensor β, seed {seed}")
-    for ext in ("png", "pdf"):
-        fig.savefig(out_dir / f"formulation.{ext}", dpi=150)
+    save_figure(fig, out_dir, "formulation")

@@ -16,6 +16,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from experiments import load_runs
+from experiments._figures import save_figure
 from experiments._llm import eval_loss, final_eval_loss
 from experiments._stats import estimate, per_seed
 
@@ -77,5 +78,4 @@ def make(run_dirs: list[Path], out_dir: Path, scale: str) -> None:
     ax.set_ylabel("validation loss (nats / character)")
     ax.set_title("Character-level Shakespeare, AdamW (nanoGPT's CPU recipe)")
     ax.legend()
-    for ext in ("png", "pdf"):
-        fig.savefig(out_dir / f"shakespeare_baseline.{ext}", dpi=150)
+    save_figure(fig, out_dir, "shakespeare_baseline")

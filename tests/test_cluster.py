@@ -84,7 +84,7 @@ def wait_for(
 def checkpoint_step(run_dir: Path) -> int:
     """Step of the run's last checkpoint (0: none yet)."""
     try:
-        return int(torch.load(run_dir / CHECKPOINT, weights_only=False)["step"])
+        return int(torch.load(run_dir / CHECKPOINT, weights_only=True)["step"])
     except (FileNotFoundError, EOFError, RuntimeError):  # none yet, or being replaced
         return 0
 
@@ -158,7 +158,7 @@ def test_fsdp_two_ranks_equal_one_and_the_checkpoint_resumes_on_one(
     wait_for(lambda: checkpoint_step(run_dir) >= 10, 180, "a checkpoint", proc, log)
     proc.send_signal(signal.SIGTERM)  # torchrun passes it to the workers, which checkpoint
     assert proc.wait(timeout=120) != 0, log.read_text()
-    ckpt = torch.load(run_dir / CHECKPOINT, weights_only=False)
+    ckpt = torch.load(run_dir / CHECKPOINT, weights_only=True)
     assert 10 <= ckpt["step"] < 100 and not (run_dir / "summary.json").exists()
     assert (
         "model" not in ckpt and (run_dir / "checkpoints" / ckpt["sharded"] / ".metadata").exists()
@@ -299,6 +299,33 @@ def test_reproduce_passes_the_launcher_to_every_block(
     with pytest.raises(SystemExit, match=r"(\d+) of \1 runs have no summary.json"):
         reproduce_main(["figure1", "--scale", "smoke", "--collect", "hydra/launcher=slurm"])
     assert not (tmp_path / "runs").exists()  # nothing was launched
+
+
+def fake_slurm_bin(tmp_path: Path, ping: str, code: int) -> Path:
+    """sbatch and scontrol stand-ins: `scontrol ping` prints ``ping`` and exits ``code``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sbatch", "scontrol"):
+        (bin_dir / name).write_text(f"#!/bin/sh\necho '{ping}' >&2\nexit {code}\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def test_slurm_sweep_without_a_controller_is_one_line_and_submits_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    down = "scontrol: error: fetch_config: DNS SRV lookup failed"
+    monkeypatch.setenv("PATH", f"{fake_slurm_bin(tmp_path, down, 1)}:{os.environ['PATH']}")
+    with pytest.raises(SystemExit) as err:
+        reproduce_main(["figure1", "--scale", "smoke", "hydra/launcher=slurm"])
+    message = str(err.value)
+    assert "no SLURM controller answered" in message and down in message
+    assert "SLURM_CONF" in message and len(message.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # nothing was submitted, no run directory made
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no SLURM commands at all
+    with pytest.raises(SystemExit, match="sbatch/scontrol are not on PATH"):
+        reproduce_main(["figure1", "--scale", "smoke", "hydra/launcher=slurm"])
 
 
 @pytest.mark.parametrize("preset", ["slurm", "local_slurm"])

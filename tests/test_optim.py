@@ -609,11 +609,15 @@ def test_nonfinite_gradient_raises_naming_the_parameter_or_skips(cls):
     skip = cls(model.named_parameters(), lr=0.1, nonfinite="skip")
     skip.load_state_dict(before[1])
     skip.step()
+    assert skip.nonfinite_skips == 1  # what the trainer counts skipped steps from
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[0][k])
     for k, st in skip.state_dict()["state"].items():
         for name, val in st.items():
             assert _same(val, before[1]["state"][k][name])
+    model[1].bias.grad[0] = 0.0
+    skip.step()  # a finite step is taken and not counted
+    assert skip.nonfinite_skips == 1 and not torch.equal(model[1].bias, before[0]["1.bias"])
 
 
 # ---------------------------------------------------------------- oracle and registry

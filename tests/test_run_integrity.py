@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -20,12 +21,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from suite_helpers import amm_run_cmd, compose_config, metrics, run_amm, subprocess_env, summary
 
-from amm.checkpoint import LAST, PREVIOUS, CheckpointError
+from amm.checkpoint import LAST, PREVIOUS, CheckpointError, load_sharded, save_sharded
 from amm.config import NON_RESULT_KEYS, ConfigError, validate
+from amm.optim import AMAdamW
 from amm.rundir import LOCK, RunDirError, RunLock
 from amm.trainer import train
 
@@ -239,7 +242,7 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) 
     run_dir = tmp_path / "run"
     run(run_dir, "trainer.checkpoint_every=2", steps=6)  # last.pt: step 6, previous.pt: step 4
     (run_dir / "summary.json").unlink()
-    assert torch.load(run_dir / PREVIOUS, weights_only=False)["step"] == 4
+    assert torch.load(run_dir / PREVIOUS, weights_only=True)["step"] == 4
     data = (run_dir / LAST).read_bytes()
     (run_dir / LAST).write_bytes(data[: len(data) // 2])  # truncated
     run(run_dir, "trainer.checkpoint_every=2")
@@ -262,6 +265,77 @@ def test_no_readable_checkpoint_names_the_files(tmp_path: Path) -> None:
     (run_dir / PREVIOUS).unlink()  # without a previous checkpoint: the same clear error
     with pytest.raises(CheckpointError, match="no readable checkpoint"):
         run(run_dir, "trainer.checkpoint_every=2")
+
+
+class _Payload:
+    """What a planted checkpoint would carry: unpickling it runs a command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_planted_checkpoint_is_refused_without_running_it(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    run(reference, "trainer.checkpoint_every=2")
+    run_dir, marker = tmp_path / "run", tmp_path / "payload-ran"
+    run(run_dir, "trainer.checkpoint_every=2", steps=6)
+    (run_dir / "summary.json").unlink()
+    good = torch.load(run_dir / LAST, weights_only=True)
+    torch.save({**good, "pending": _Payload(marker)}, run_dir / LAST)
+    # last.pt planted: refused unread, named, and the run resumes from previous.pt exactly
+    run(run_dir, "trainer.checkpoint_every=2")
+    assert not marker.exists() and metrics(run_dir) == metrics(reference)
+    log = (run_dir / "run.log").read_text()
+    assert f"{run_dir / LAST} holds a reference to" in log and "refused unread" in log
+    # both planted: no resume, an error that names the files; the payload never runs
+    (run_dir / "summary.json").unlink()
+    for path in (run_dir / LAST, run_dir / PREVIOUS):
+        torch.save({**good, "pending": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="no readable checkpoint") as err:
+        run(run_dir, "trainer.checkpoint_every=2")
+    assert str(run_dir / PREVIOUS) in str(err.value) and not marker.exists()
+
+
+def test_planted_dcp_metadata_is_refused_without_running_it(tmp_path: Path) -> None:
+    """DCP reads .metadata with plain pickle: a sharded resume vets it first."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = AMAdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    name = save_sharded(model, optimizer, tmp_path, step=1)
+    load_sharded(model, optimizer, tmp_path / name)  # DCP's own metadata passes
+    marker = tmp_path / "payload-ran"
+    metadata = tmp_path / name / ".metadata"
+    metadata.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CheckpointError, match="refused unread") as err:
+        load_sharded(model, optimizer, tmp_path / name)
+    assert str(metadata) in str(err.value) and "system" in str(err.value)
+    assert not marker.exists()
+
+
+def test_checkpoint_with_the_older_numpy_rng_state_still_resumes(tmp_path: Path) -> None:
+    """Checkpoints from before the weights_only format kept numpy's state as (str, array, ...)."""
+    reference = tmp_path / "reference"
+    run(reference, "trainer.checkpoint_every=2")
+    run_dir = tmp_path / "run"
+    run(run_dir, "trainer.checkpoint_every=2", steps=6)
+    (run_dir / "summary.json").unlink()
+    ckpt = torch.load(run_dir / LAST, weights_only=True)
+    state = ckpt["rng"]["numpy"]
+    ckpt["rng"]["numpy"] = (
+        state["bit_generator"],
+        state["key"].numpy().astype(np.uint32),
+        state["pos"],
+        state["has_gauss"],
+        state["cached_gaussian"],
+    )
+    torch.save(ckpt, run_dir / LAST)
+    run(run_dir, "trainer.checkpoint_every=2")
+    assert metrics(run_dir) == metrics(reference)
+    assert "resumed from the previous" not in (run_dir / "run.log").read_text()
 
 
 @pytest.fixture
@@ -307,7 +381,7 @@ def test_unwritable_checkpoint_names_the_file(tmp_path: Path, read_only: list[Pa
         run(run_dir, "trainer.checkpoint_every=4")
     assert f"cannot write the checkpoint {run_dir / LAST}" in str(err.value)
     assert "re-run the same command" in str(err.value)
-    assert torch.load(run_dir / LAST, weights_only=False)["step"] == 4
+    assert torch.load(run_dir / LAST, weights_only=True)["step"] == 4
 
 
 # ---- config validation ---------------------------------------------------------------------
@@ -341,13 +415,15 @@ INVALID = [
     ("optimizer.lam=abc", "optimizer.lam='abc': must be a number"),
     ("optimizer.lr=fast", "optimizer.lr='fast': must be a number or auto"),
     ("optimizer.fused=1", "optimizer.fused=1: must be true or false"),
+    ("+optimizer.lr_scal=2", "optimizer.lr_scal: not a setting of optimizer am_sgd"),
+    ("optimizer.lr_scale=2 optimizer.lr=0.1", "optimizer.lr_scale=2: multiplies the problem's"),
 ]
 
 
 @pytest.mark.parametrize(("override", "message"), INVALID, ids=[o for o, _ in INVALID])
 def test_invalid_values_are_refused_naming_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        validate(compose_config([override]))
+        validate(compose_config(override.split()))
     assert message in str(err.value)
 
 
@@ -365,18 +441,25 @@ def test_every_trainer_key_is_validated() -> None:
 
 
 @pytest.mark.slow
-def test_invalid_value_fails_before_any_work_with_a_short_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "override", ["trainer.max_steps=0", "+optimizer.lr_scal=2", "optimizer.lr_scale=2"]
+)
+def test_invalid_value_fails_before_any_work_with_a_short_message(
+    tmp_path: Path, override: str
+) -> None:
     proc = run_amm(
-        "trainer.max_steps=0",
-        "hydra.run.dir=r",
+        override,
+        "optimizer.lr=0.1",
+        "hydra.run.dir=runs/r",
         cwd=tmp_path,
         env=subprocess_env(tmp_path),
         check=False,
     )
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 1 and "trainer.max_steps=0: must be an integer >= 1" in output
+    key = override.removeprefix("+").split("=")[0]
+    assert proc.returncode == 1 and f"{key}" in output and "ERROR" in output
     assert "Traceback" not in output and len(output.splitlines()) <= 3
-    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+    assert not (tmp_path / "runs").exists()  # a refused config leaves no run directory
 
 
 # ---- divergence, skipped steps, what a run says ---------------------------------------------

@@ -82,7 +82,7 @@ def test_kill_9_at_many_points_resumes_bit_for_bit(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     train(compose_config([*RUN, "trainer.progress=false"]), reference)
     expected = metrics(reference)
-    final = torch.load(reference / LAST, weights_only=False)["model"]["x"]
+    final = torch.load(reference / LAST, weights_only=True)["model"]["x"]
 
     rng = random.Random(0)
     tried, exact, report = 0, 0, []
@@ -93,7 +93,7 @@ def test_kill_9_at_many_points_resumes_bit_for_bit(tmp_path: Path) -> None:
         run_amm(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path, env=subprocess_env(tmp_path))
         tried += 1
         same = metrics(run_dir) == expected and torch.equal(
-            torch.load(run_dir / LAST, weights_only=False)["model"]["x"], final
+            torch.load(run_dir / LAST, weights_only=True)["model"]["x"], final
         )
         exact += same
         report.append(f"killed after {at} records{where}: {'exact' if same else 'DIFFERENT'}")

@@ -173,11 +173,11 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, output  # non-zero: schedulers requeue
-    stopped_at = torch.load(run_dir / CHECKPOINT, weights_only=False)["step"]
+    stopped_at = torch.load(run_dir / CHECKPOINT, weights_only=True)["step"]
     assert 0 < stopped_at < 4000 and not (run_dir / "summary.json").exists()
 
     assert _resume(run_dir, tmp_path) == metrics(quadratic_reference)
-    final = [torch.load(d / CHECKPOINT, weights_only=False) for d in (run_dir, quadratic_reference)]
+    final = [torch.load(d / CHECKPOINT, weights_only=True) for d in (run_dir, quadratic_reference)]
     assert torch.equal(final[0]["model"]["x"], final[1]["model"]["x"])
 
 

@@ -356,6 +356,9 @@ class AdaptiveMemoryOptimizer(Optimizer):
         self._last_beta: Tensor | None = None
         self._scratch_cache: dict[str, list[Tensor]] = {}
         self._core_cache: dict[Any, Any] = {}
+        # steps that nonfinite="skip" left undone in this process: a caller compares it before
+        # and after step() to count them, instead of reading every gradient again
+        self.nonfinite_skips = 0
 
     # torch's Optimizer pickles only defaults, state and param_groups (the options are in
     # them); the process group (the environment, like a DTensor's mesh) is kept as well.
@@ -583,6 +586,7 @@ class AdaptiveMemoryOptimizer(Optimizer):
         )
         core = type(self).core(ts, hyper, impl, context)
         if not self._grads_finite(ts, core.grad_norms()):
+            self.nonfinite_skips += 1
             return loss  # nonfinite="skip": nothing changed
         core.prepare()
         objective = self._objective(ts, hyper, loss)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from amm.optim._base import OptimizerOptions
 from amm.optim.am_adamw import AMAdamW
 from amm.optim.am_sgd import AMSGD
 from amm.optim.oracle import OracleHeavyBall
@@ -20,6 +22,24 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "oracle": OracleHeavyBall,
 }
+
+
+# build_optimizer's own keys (the rest go to the class)
+BUILD_KEYS = frozenset({"name", "lr", "lr_scale", "weight_decay", "decay_norm_and_bias"})
+
+
+def accepted_keys(name: str) -> frozenset[str] | None:
+    """The ``optimizer.*`` keys optimizer ``name`` takes (None: it takes any keyword)."""
+    cls = OPTIMIZERS[name]
+    params = inspect.signature(cls.__init__).parameters
+    named = set(params) - {"self", "params", "minimizer"}
+    for p in params.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            named.discard(p.name)
+            if not isinstance(getattr(cls, "options", None), dict):
+                return None  # a **kwargs we cannot list
+            named |= set(OptimizerOptions.__annotations__)  # ours: **options typed as these
+    return BUILD_KEYS | named
 
 
 def param_groups(
