@@ -51,8 +51,8 @@ def _inputs_of(cls: type) -> Callable[..., list[OptimizerInput]]:
         configs = _inputs(device, dtype)
         if "bias_correction" in getattr(cls, "options", {}):
             for kw, desc in FORMULATIONS:
-                configs += [
-                    OptimizerInput(params=None, kwargs=kw, desc=desc),
+                configs += [  # fresh dicts: torch's helpers add foreach/fused to kwargs in place
+                    OptimizerInput(params=None, kwargs=dict(kw), desc=desc),
                     OptimizerInput(
                         params=None,
                         kwargs={**kw, "restart_below": 0.3, "beta_scope": "per-tensor"},
@@ -122,7 +122,8 @@ SCHEDULERS: list[Callable[[torch.optim.Optimizer], Any]] = [
     lambda o: sched.CosineAnnealingLR(o, T_max=5),
     lambda o: sched.CosineAnnealingWarmRestarts(o, T_0=3),
     lambda o: sched.CyclicLR(o, base_lr=0.001, max_lr=0.02, step_size_up=2, cycle_momentum=False),
-    lambda o: sched.OneCycleLR(o, max_lr=0.02, total_steps=12, cycle_momentum=False),
+    # total_steps above what torch's own tests step (test_forloop_goes_right_direction: 20)
+    lambda o: sched.OneCycleLR(o, max_lr=0.02, total_steps=100, cycle_momentum=False),
     lambda o: sched.LambdaLR(o, lambda k: k / 5),  # transformers' warmup shape: from 0
     lambda o: sched.MultiplicativeLR(o, lambda k: 0.95),
     lambda o: sched.SequentialLR(
