@@ -221,11 +221,12 @@ def test_run_dirs_are_those_hydra_composes(tmp_path: Path, monkeypatch: pytest.M
 def test_seeds_run_every_job_once_per_seed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The experiment's `seeds` at the scale (reduced: 3) or --seeds N adds trainer.seed=0..N-1
+    """The experiment's `seeds` at the scale (figure4 reduced: 12) or --seeds N adds trainer.seed=0..N-1
     to every block; deterministic experiments run once; asking them for seeds is an error."""
     monkeypatch.chdir(tmp_path)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        assert all(b[-1] == "trainer.seed=0,1,2" for b in sweep_blocks("figure4", "reduced"))
+        twelve = "trainer.seed=" + ",".join(map(str, range(12)))
+        assert all(b[-1] == twelve for b in sweep_blocks("figure4", "reduced"))
         assert all(b[-1] == "trainer.seed=0" for b in sweep_blocks("figure4", "smoke"))
         assert all(b[-1] == "trainer.seed=0,1" for b in sweep_blocks("figure4", "smoke", 2))
         assert all(
@@ -247,7 +248,9 @@ def test_an_experiment_without_seeds_says_what_to_declare(tmp_path: Path) -> Non
     config_dir = tmp_path / "configs"
     shutil.copytree(CONFIG_DIR, config_dir)
     exp = config_dir / "experiment" / "figure4.yaml"
-    exp.write_text(exp.read_text().replace("seeds: ${by_scale:1,3,1}", "seeds: null"))
+    text = exp.read_text()
+    assert "seeds: ${by_scale:1,12,1}" in text
+    exp.write_text(text.replace("seeds: ${by_scale:1,12,1}", "seeds: null"))
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         with pytest.raises(ValueError, match=r"figure4.yaml: `seeds` is None; declare how many"):
             sweep_blocks("figure4", "reduced")
@@ -268,7 +271,10 @@ def test_llm_tables_share_figure5_runs(tmp_path: Path, monkeypatch: pytest.Monke
 
         figure5, table5, table6 = dirs("figure5"), dirs("table5"), dirs("table6")
         assert dirs("table_llm") == dirs("table2") == figure5  # the same runs, drawn otherwise
-    assert len(figure5) == 12  # 2 optimizers x 2 schedules x 3 seeds
+    seeds = 10  # figure5's reduced seeds, which the tables inherit
+    assert len(figure5) == 2 * 2 * seeds  # 2 optimizers x 2 schedules
     assert {d.parent for d in table5 | table6} == {Path("runs/figure5/reduced")}
-    assert len(table5 & figure5) == 6 and len(table5 - figure5) == 6  # per-tensor: new
-    assert len(table6 & figure5) == 6 and len(table6 - figure5) == 6  # Clip, Restart: new
+    # table5: per-layer is figure5's AM-AdamW; the global-beta runs are new
+    assert len(table5 & figure5) == 2 * seeds and len(table5 - figure5) == 2 * seeds
+    # table6 (warmup only): AdamW and AM-AdamW are figure5's; Clip and Restart are new
+    assert len(table6 & figure5) == 2 * seeds and len(table6 - figure5) == 2 * seeds
