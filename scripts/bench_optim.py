@@ -12,6 +12,9 @@ reads g, m, v, then x, g, m, v and writes x, m, v (10); AM-SGD reads g, d, then 
 writes x, d (7). Weight decay is 0 in every row (with decoupled decay, AM-AdamW's sums pass
 also reads x for <g, x>: 11).
 
+On the CPU, fused=True rows ("compiled") run the AM step's two passes compiled by
+torch.compile (amm.optim._compiled); their first step includes the compilation.
+
 The optimizers of one family share the parameters and gradients and are timed in interleaved
 rounds (each round steps every optimizer once), so slow phases of a shared machine hit all
 rows alike; a row's time is its best round. A benchmark, not a test: numbers depend on the
@@ -31,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 
 from amm.optim import AMSGD, AMAdamW
 
@@ -66,6 +70,8 @@ FAMILIES: dict[str, list[tuple[str, int, Factory, str]]] = {
         ("AdamW (torch, fused)", 7, lambda p: torch.optim.AdamW(p, 1e-3, (0.9, 0.99), weight_decay=0, fused=True), "any"),  # noqa: E501
         ("AM-AdamW (foreach, global beta)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, foreach=True), "any"),  # noqa: E501
         ("AM-AdamW (foreach, per-tensor beta)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, foreach=True, beta_scope="per-tensor"), "any"),  # noqa: E501
+        ("AM-AdamW (compiled, global beta)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, fused=True), "cpu"),  # noqa: E501
+        ("AM-AdamW (compiled, per-tensor beta)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, fused=True, beta_scope="per-tensor"), "cpu"),  # noqa: E501
         ("AM-AdamW (fused, global beta)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, fused=True), "cuda"),  # noqa: E501
         ("AM-AdamW (fused, global, nonfinite=off)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, fused=True, nonfinite="off"), "cuda"),  # noqa: E501
         ("AM-AdamW (fused, per-tensor beta)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, fused=True, beta_scope="per-tensor"), "cuda"),  # noqa: E501
@@ -75,6 +81,8 @@ FAMILIES: dict[str, list[tuple[str, int, Factory, str]]] = {
         ("SGD momentum (torch, fused)", 5, lambda p: torch.optim.SGD(p, 1e-2, momentum=0.9, dampening=0.9, fused=True), "any"),  # noqa: E501
         ("AM-SGD (foreach, global beta)", 7, lambda p: AMSGD(p, 1e-2, foreach=True), "any"),
         ("AM-SGD (foreach, global, nonfinite=off)", 7, lambda p: AMSGD(p, 1e-2, foreach=True, nonfinite="off"), "any"),  # noqa: E501
+        ("AM-SGD (compiled, global beta)", 7, lambda p: AMSGD(p, 1e-2, fused=True), "cpu"),
+        ("AM-SGD (compiled, per-tensor beta)", 7, lambda p: AMSGD(p, 1e-2, fused=True, beta_scope="per-tensor"), "cpu"),  # noqa: E501
         ("AM-SGD (fused, global beta)", 7, lambda p: AMSGD(p, 1e-2, fused=True), "cuda"),
         ("AM-SGD (fused, global, nonfinite=off)", 7, lambda p: AMSGD(p, 1e-2, fused=True, nonfinite="off"), "cuda"),  # noqa: E501
     ],
@@ -102,18 +110,27 @@ def copy_bandwidth(device: torch.device, numel: int) -> float:
     return 3 * a.numel() * a.element_size() / best
 
 
-def time_family(rows, params, rounds: int, device: torch.device) -> dict[str, float]:
-    """Best step time per optimizer over interleaved rounds (after 3 warm-up steps each)."""
+def time_family(
+    rows, params, rounds: int, device: torch.device
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Best step time per optimizer over interleaved rounds (after 3 warm-up steps each), and
+    each optimizer's first step (state allocation; for the compiled rows the compilation)."""
     opts = {}
     for name, _, factory, where in rows:
-        if where == "cuda" and device.type != "cuda":
+        if where not in ("any", device.type):
             continue
         try:
             opts[name] = factory(params)
         except (RuntimeError, ValueError) as err:  # e.g. a fused path this torch lacks
             print(f"skipped {name}: {err}", file=sys.stderr)
-    for opt in opts.values():
-        for _ in range(3):  # state allocation, the first adaptive step, kernel compilation
+    first = {}
+    for name, opt in opts.items():
+        sync(device)
+        start = time.perf_counter()
+        opt.step()  # state allocation, kernel compilation
+        sync(device)
+        first[name] = time.perf_counter() - start
+        for _ in range(2):  # the first adaptive step
             opt.step()
     sync(device)
     best = dict.fromkeys(opts, float("inf"))
@@ -124,7 +141,7 @@ def time_family(rows, params, rounds: int, device: torch.device) -> dict[str, fl
             opt.step()
             sync(device)
             best[name] = min(best[name], time.perf_counter() - start)
-    return best
+    return best, first
 
 
 def git_sha() -> str:
@@ -179,6 +196,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/bench_optim"))
     args = parser.parse_args()
     device = torch.device(args.device)
+    # the compile time in the table is a cold one (no inductor/FX cache from an earlier run)
+    torch._inductor.config.force_disable_caches = True
 
     rows = []
     for size in args.sizes:
@@ -189,8 +208,9 @@ def main() -> None:
         print(f"{size}: bandwidth {bandwidth / 1e9:.1f} GB/s (a += b, read + write)", flush=True)
         params = make_params(shapes, device, torch.float32)
         for family in FAMILIES.values():
-            times = time_family(family, params, args.rounds, device)
+            times, first = time_family(family, params, args.rounds, device)
             baseline = times.get(family[0][0])
+            fused = times.get(family[1][0])  # torch's fused step
             for name, passes, _, _ in family:
                 if name not in times:
                     continue
@@ -198,11 +218,13 @@ def main() -> None:
                 limit = passes * n * 4 / bandwidth
                 row = dict(size=size, params=n, tensors=len(shapes), optimizer=name, ms=t * 1e3)
                 row.update(ratio=t / baseline, passes=passes, limit_ms=limit * 1e3)
+                row.update(vs_fused=t / fused if fused else None, first_step_s=first[name])
                 row.update(bandwidth_fraction=limit / t, copy_GBps=round(bandwidth / 1e9, 1))
                 rows.append(row)
                 print(
                     f"{size:>5} {n / 1e6:7.1f}M  {name:42s} {t * 1e3:9.2f} ms  "
-                    f"x{t / baseline:.2f}  {100 * limit / t:5.1f}% of bandwidth",
+                    f"x{t / baseline:.2f}  {100 * limit / t:5.1f}% of bandwidth  "
+                    f"first step {first[name]:.1f} s",
                     flush=True,
                 )
         del params
@@ -210,12 +232,13 @@ def main() -> None:
     meta = run_meta(device, rounds=args.rounds)
     lines = [
         "| size | parameters | optimizer | step (ms) | ratio to first row of its family "
-        "| minimal passes | bandwidth limit (ms) | fraction of the limit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| ratio to torch's fused | minimal passes | bandwidth limit (ms) | fraction of the limit "
+        "| first step (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {r['size']} | {r['params'] / 1e6:.1f} M | {r['optimizer']} | {r['ms']:.2f} | "
-            f"{r['ratio']:.2f} | {r['passes']} | {r['limit_ms']:.2f} | "
-            f"{100 * r['bandwidth_fraction']:.0f} % |"
+            f"{r['ratio']:.2f} | {r['vs_fused']:.2f} | {r['passes']} | {r['limit_ms']:.2f} | "
+            f"{100 * r['bandwidth_fraction']:.0f} % | {r['first_step_s']:.2f} |"
             for r in rows
         ),
     ]
@@ -223,7 +246,10 @@ def main() -> None:
         "Bandwidth limit: minimal passes x parameters x 4 bytes / the bandwidth of an "
         "in-place a += b as large as the list (read + write; "
         + ", ".join(dict.fromkeys(f"{r['size']}: {r['copy_GBps']} GB/s" for r in rows))
-        + "). On a CPU, caches can make a row beat this limit. See scripts/bench_optim.py."
+        + "). On a CPU, caches can make a row beat this limit. First step: state allocation, "
+        "and for the compiled rows torch.compile's compilation with its caches off (the "
+        "per-tensor row reuses the global row's compiled code: same tensors, same flags). "
+        "See scripts/bench_optim.py."
     )
     write_report(
         args.out / f"optim_step_{device.type}",

@@ -58,9 +58,11 @@ def test_helpers_are_leaves():
     graph = _imports()
     assert graph["amm.optim._tensors"] == set()
     assert graph["amm.optim.beta"] == {"amm.optim._tensors"}
-    # each optimizer's kernels depend only on the shared launcher, not on the optimizers
+    # each optimizer's kernels depend only on the shared launchers (Triton's, the compiled
+    # CPU one), not on the optimizers; the compiled launcher only on torch
+    assert graph["amm.optim._compiled"] == set()
     for kernels in ("amm.optim.am_sgd_kernels", "amm.optim.am_adamw_kernels"):
-        assert graph[kernels] == {"amm.optim._triton"}
+        assert graph[kernels] == {"amm.optim._triton", "amm.optim._compiled"}
 
 
 def test_every_am_optimizer_is_in_the_shared_test_list():

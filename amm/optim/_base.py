@@ -4,8 +4,8 @@ non-finite gradients, sharded parameters, and beta (scope, all-reduce, formula).
 `AdaptiveMemoryOptimizer.step()` runs every step in the same phases, in this order:
 
   1. gather the tensors that have a gradient, choose the implementation ("single": one tensor
-     at a time, the reference; "foreach": multi-tensor ops; "fused": two Triton passes, see
-     _triton.py), and read each param group's hyper-parameters once into typed values
+     at a time, the reference; "foreach": multi-tensor ops; "fused": two passes, Triton on
+     CUDA (_triton.py) or compiled by torch.compile on the CPU (_compiled.py)), and read each param group's hyper-parameters once into typed values
      (`GroupHyper`; the cores read nothing from the groups);
   2. the non-finite check, before anything is written (the fused pass 1 only reads, and gives
      the gradient norms on the way);
@@ -63,6 +63,8 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "fused": None,
     "maximize": False,
 }
+# The dtypes of the fused step (others fall back to foreach).
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Implementation options: None in a group means no preference.
 _IMPL_OPTIONS = ("foreach", "fused")
 # Run-time values kept in each param group, so that state_dict() carries them (a schedule's
@@ -168,7 +170,7 @@ class StepContext:
     """What a core uses of its optimizer beyond the step's tensors.
 
     scratch: temporaries shaped like a list of tensors (kept between steps on the CPU).
-    kernels: the optimizer's fused kernels (fused=True), else None.
+    kernels: the fused step's kernels (Triton on CUDA, compiled on the CPU), else None.
     cache: the core's run-time values, kept between steps but never saved (AM-SGD: which
         momentum buffers its kept ||d||^2 belongs to).
     options: the optimizer's options (one value for all groups), e.g. AM-AdamW's formulation.
@@ -423,6 +425,10 @@ class AdaptiveMemoryOptimizer(Optimizer):
         """The optimizer's fused kernels (a `amm.optim._triton.Launcher`)."""
         raise NotImplementedError(f"{type(self).__name__} has no fused implementation")
 
+    def _compiled_passes(self) -> Any:
+        """The same passes for the CPU (a `amm.optim._compiled.CompiledPasses`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused implementation")
+
     def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
@@ -576,11 +582,11 @@ class AdaptiveMemoryOptimizer(Optimizer):
         if not ts.params:
             return loss
         ts.reduce_group = self._reduce_group(ts)
-        impl = self._choose_impl(ts)  # the one decision of this step
+        impl, kernels = self._choose_impl(ts)  # the one decision of this step
         hyper = [self.hyper.read(g) for g in self.param_groups]  # read once, typed
         context = StepContext(
             self.scratch,
-            self._fused_kernels,
+            kernels,
             self._core_cache,
             {key: self._option(key) for key in self.options},
         )
@@ -653,21 +659,16 @@ class AdaptiveMemoryOptimizer(Optimizer):
         name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
         return f"{name} (shape {list(group['params'][pi].shape)})"
 
-    def _choose_impl(self, ts: StepTensors) -> Impl:
-        """fused=True where the kernels run (CUDA with Triton, dense fp32/bf16/fp16 tensors);
-        elsewhere (CPU, no Triton, fp64, ...) foreach, with a warning once per reason.
-        foreach=None means foreach (outside TorchScript)."""
+    def _choose_impl(self, ts: StepTensors) -> tuple[Impl, Any]:
+        """The implementation of this step and, for "fused", its kernels. fused=True: on CUDA
+        the Triton kernels (dense fp32/bf16/fp16 tensors), on the CPU the same passes compiled
+        by torch.compile (`amm.optim._compiled`; the Triton kernels under TRITON_INTERPRET=1,
+        for their tests); where neither runs (fp64, no C++ compiler, ...) foreach, with a
+        warning once per reason. foreach=None means foreach (outside TorchScript)."""
         if self.fused:
-            from amm.optim._triton import unsupported_reason
-
-            reason = unsupported_reason(
-                [
-                    (p, g, *(local(t) for t in self._state_tensors(st)))
-                    for p, g, st in zip(ts.params, ts.grads, ts.states)
-                ]
-            )
+            reason, kernels = self._fused_kernels_for(ts)
             if reason is None:
-                return "fused"
+                return "fused", kernels
             if reason not in self._fused_fallbacks:  # say it once, not every step
                 self._fused_fallbacks.add(reason)
                 warnings.warn(
@@ -675,10 +676,30 @@ class AdaptiveMemoryOptimizer(Optimizer):
                     "implementation (the same math)",
                     stacklevel=4,
                 )
-            return "foreach"
+            return "foreach", None
         if self.foreach is not None:
-            return "foreach" if self.foreach else "single"
-        return "single" if torch.jit.is_scripting() else "foreach"
+            return ("foreach" if self.foreach else "single"), None
+        return ("single" if torch.jit.is_scripting() else "foreach"), None
+
+    def _fused_kernels_for(self, ts: StepTensors) -> tuple[str | None, Any]:
+        """(why the fused step cannot run, None) or (None, the kernels for these tensors)."""
+        from amm.optim import _triton
+
+        if ts.params[0].device.type == "cpu" and not _triton.interpreting():
+            from amm.optim._compiled import unavailable_reason
+
+            dtypes = {p.dtype for p in ts.params}
+            other = sorted(str(d) for d in dtypes - set(_FUSED_DTYPES))
+            if other:
+                return f"dtype {other[0]} is not supported (float32, bfloat16, float16 are)", None
+            return unavailable_reason(), self._compiled_passes()
+        reason = _triton.unsupported_reason(
+            [
+                (p, g, *(local(t) for t in self._state_tensors(st)))
+                for p, g, st in zip(ts.params, ts.grads, ts.states)
+            ]
+        )
+        return reason, self._fused_kernels
 
     def _reduce_group(self, ts: StepTensors) -> Any:
         if self.process_group is not None:

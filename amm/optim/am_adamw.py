@@ -570,6 +570,11 @@ class AMAdamW(AdaptiveMemoryOptimizer):
 
         return am_adamw_kernels()
 
+    def _compiled_passes(self) -> Any:
+        from amm.optim.am_adamw_kernels import am_adamw_compiled
+
+        return am_adamw_compiled()
+
     def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0)
         state["momentum"] = torch.zeros_like(param, memory_format=torch.preserve_format)

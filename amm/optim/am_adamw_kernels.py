@@ -11,6 +11,10 @@ bit 2 the exact correction kept per element (with bit 1).
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+
+from amm.optim._compiled import CompiledPasses
 from amm.optim._triton import Launcher, triton
 
 if triton is not None:
@@ -119,3 +123,76 @@ def am_adamw_kernels() -> Launcher:
     if triton is None:  # the step falls back to foreach (_triton.unsupported_reason)
         return Launcher()
     return Launcher(_am_adamw_sums_kernel, _am_adamw_update_kernel)
+
+
+# ---- the same two passes in plain torch, compiled for the CPU (amm.optim._compiled) -------
+
+
+def _adamw_prelude(hyper: Tensor, t: int, g: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """The new second moment v and inv = 1 / (sqrt(v) + eps) of tensor t (fp32)."""
+    beta2, eps = hyper[t, 0], hyper[t, 1]
+    v = beta2 * v + (1.0 - beta2) * g * g
+    return v, 1.0 / (v.sqrt() + eps)
+
+
+def adamw_sums_torch(tensors: list[list[Tensor]], hyper: Tensor, flags: int) -> Tensor:
+    """Pass 1 (reads only): per tensor <g, P^-1 d>, cross, gap, <g, x>, ||g||^2 (as the Triton
+    kernel's columns)."""
+    gs, ds, vs, xs, _ = tensors
+    rows = []
+    for t in range(len(gs)):
+        g, d = gs[t].float(), ds[t].float()
+        _, inv = _adamw_prelude(hyper, t, g, vs[t].float())
+        lam, pinv = hyper[t, 2], hyper[t, 5] * inv
+        e = g - d
+        if flags & 2:  # W' = (1 + lam) P^-1 / (1 + lam P), 1 / (1 + lam P) = P^-1 / (P^-1 + lam)
+            r = pinv / (pinv + lam)
+            cross = (g * e * r * pinv + lam * d * e * r).sum() * (1.0 + lam)
+            gap = (e * e * r * pinv).sum() * (1.0 + lam)
+        else:  # W' = P^-1
+            cross = ((g + lam * d) * e * pinv).sum()
+            gap = (e * e * pinv).sum()
+        g_dot_x = (g * xs[t].float()).sum() if flags & 1 else torch.zeros_like(gap)
+        rows.append(torch.stack([(g * d * pinv).sum(), cross, gap, g_dot_x, (g * g).sum()]))
+    return torch.stack(rows)
+
+
+def adamw_update_torch(
+    tensors: list[list[Tensor]], hyper: Tensor, weights: Tensor, flags: int
+) -> None:
+    """Pass 2 with each tensor's [take, kappa, factor, beta, restart]: v, d (and c) and x."""
+    gs, ds, vs, xs, cs = tensors
+    for t in range(len(gs)):
+        g, d, x = gs[t].float(), ds[t].float(), xs[t].float()
+        v, inv = _adamw_prelude(hyper, t, g, vs[t].float())
+        lam, decay, neg_lr = hyper[t, 2], hyper[t, 3], hyper[t, 4]
+        take, kappa, factor = weights[t, 0], weights[t, 1], weights[t, 2]
+        pinv = factor * inv
+        if flags & 4:  # exact, per element: w = (1 - b) / ((b + lam P) c + 1 - b)
+            beta, restart = weights[t, 3], weights[t, 4]
+            q = lam / pinv
+            keep = (beta + q) * cs[t].float()
+            w = (1.0 - beta) / (keep + (1.0 - beta))
+            c = (keep + (1.0 - beta)) / (1.0 + q)
+            w = torch.where(w == w, w, 0.0)  # 0/0 only for beta = 1 with c = 0
+            w = torch.where(restart != 0.0, 1.0, w)  # a restart: m_hat <- g, c <- 1
+            cs[t].copy_(torch.where(restart != 0.0, 1.0, c))
+        elif flags & 2:  # w = take / (1 + lam P) = take P^-1 / (P^-1 + lam)
+            w = take * pinv / (pinv + lam)
+        else:
+            w = take
+        d = kappa * d
+        d = d + w * (g - d)  # d <- lerp(kappa d, g, w)
+        if flags & 1:  # decoupled weight decay: decay = 1 - lr wd
+            x = x * decay
+        xs[t].copy_(x + neg_lr * pinv * d)
+        vs[t].copy_(v)
+        ds[t].copy_(d)
+
+
+def am_adamw_compiled() -> CompiledPasses:
+    """The CPU form of `am_adamw_kernels()`: the same tensor lists, hyper and weights."""
+    return _COMPILED
+
+
+_COMPILED = CompiledPasses(adamw_sums_torch, adamw_update_torch)

@@ -404,6 +404,11 @@ class AMSGD(AdaptiveMemoryOptimizer):
 
         return am_sgd_kernels()
 
+    def _compiled_passes(self) -> Any:
+        from amm.optim.am_sgd_kernels import am_sgd_compiled
+
+        return am_sgd_compiled()
+
     def _init_state(self, param: Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0)
         state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)

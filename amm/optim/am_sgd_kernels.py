@@ -5,6 +5,10 @@ against SGD-momentum's 5.
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+
+from amm.optim._compiled import CompiledPasses
 from amm.optim._triton import Launcher, triton
 
 if triton is not None:
@@ -72,3 +76,42 @@ def am_sgd_kernels() -> Launcher:
     if triton is None:  # the step falls back to foreach (_triton.unsupported_reason)
         return Launcher()
     return Launcher(_am_sgd_sums_kernel, _am_sgd_update_kernel)
+
+
+# ---- the same two passes in plain torch, compiled for the CPU (amm.optim._compiled) -------
+
+
+def sgd_sums_torch(tensors: list[list[Tensor]], hyper: Tensor, flags: int) -> Tensor:
+    """Pass 1 (reads only), of the effective gradient g = grad + wd x: ||g||^2, <g, d>, ||d||^2,
+    0, ||grad||^2 (the non-finite check reads the last; with decay it is ||g||^2 as on CUDA)."""
+    gs, ds, xs = tensors
+    rows = []
+    for t in range(len(gs)):
+        g, d = gs[t].float(), ds[t].float()
+        if flags & 1:  # coupled weight decay
+            g = g + hyper[t, 0] * xs[t].float()
+        g_sq = (g * g).sum()
+        rows.append(torch.stack([g_sq, (g * d).sum(), (d * d).sum(), torch.zeros_like(g_sq), g_sq]))
+    return torch.stack(rows)
+
+
+def sgd_update_torch(
+    tensors: list[list[Tensor]], hyper: Tensor, weights: Tensor, flags: int
+) -> None:
+    """Pass 2: d <- lerp(d, g, w), x <- x - lr d, with each tensor's weight w."""
+    gs, ds, xs = tensors
+    for t in range(len(gs)):
+        g, d, x = gs[t].float(), ds[t].float(), xs[t].float()
+        if flags & 1:
+            g = g + hyper[t, 0] * x
+        d = d + weights[t] * (g - d)
+        ds[t].copy_(d)
+        xs[t].copy_(x + hyper[t, 1] * d)
+
+
+def am_sgd_compiled() -> CompiledPasses:
+    """The CPU form of `am_sgd_kernels()`: the same tensor lists, hyper and weights."""
+    return _COMPILED
+
+
+_COMPILED = CompiledPasses(sgd_sums_torch, sgd_update_torch)
