@@ -71,6 +71,7 @@ FAMILIES: dict[str, list[tuple[str, int, Factory, str]]] = {
         ("AM-AdamW (foreach, global beta)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, foreach=True), "any"),  # noqa: E501
         ("AM-AdamW (foreach, per-tensor beta)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, foreach=True, beta_scope="per-tensor"), "any"),  # noqa: E501
         ("AM-AdamW (compiled, global beta)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, fused=True), "cpu"),  # noqa: E501
+        ("AM-AdamW (compiled, global, lam_metric=scalar)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, fused=True, lam_metric="scalar"), "cpu"),  # noqa: E501
         ("AM-AdamW (compiled, per-tensor beta)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, fused=True, beta_scope="per-tensor"), "cpu"),  # noqa: E501
         ("AM-AdamW (fused, global beta)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, fused=True), "cuda"),  # noqa: E501
         ("AM-AdamW (fused, global, nonfinite=off)", 10, lambda p: AMAdamW(p, 1e-3, weight_decay=0, fused=True, nonfinite="off"), "cuda"),  # noqa: E501

@@ -128,11 +128,21 @@ def am_adamw_kernels() -> Launcher:
 # ---- the same two passes in plain torch, compiled for the CPU (amm.optim._compiled) -------
 
 
-def _adamw_prelude(hyper: Tensor, t: int, g: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """The new second moment v and inv = 1 / (sqrt(v) + eps) of tensor t (fp32)."""
-    beta2, eps = hyper[t, 0], hyper[t, 1]
+def _adamw_prelude(
+    hyper: Tensor, t: int, g: Tensor, v: Tensor, factor: Tensor, flags: int
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Tensor t's new second moment v, P^-1 = factor / s with s = sqrt(v) + eps, and with the
+    preconditioned metric r = 1 / (1 + lam P) = factor / (factor + lam s), both from one
+    division, q = 1 / (s (factor + lam s)): on a CPU the divisions, not the memory traffic,
+    bound this metric's passes."""
+    beta2, eps, lam = hyper[t, 0], hyper[t, 1], hyper[t, 2]
     v = beta2 * v + (1.0 - beta2) * g * g
-    return v, 1.0 / (v.sqrt() + eps)
+    s = v.sqrt() + eps
+    if not flags & 2:
+        return v, factor / s, None
+    den = factor + lam * s
+    q = 1.0 / (s * den)
+    return v, factor * den * q, factor * s * q
 
 
 def adamw_sums_torch(tensors: list[list[Tensor]], hyper: Tensor, flags: int) -> Tensor:
@@ -142,11 +152,10 @@ def adamw_sums_torch(tensors: list[list[Tensor]], hyper: Tensor, flags: int) -> 
     rows = []
     for t in range(len(gs)):
         g, d = gs[t].float(), ds[t].float()
-        _, inv = _adamw_prelude(hyper, t, g, vs[t].float())
-        lam, pinv = hyper[t, 2], hyper[t, 5] * inv
+        _, pinv, r = _adamw_prelude(hyper, t, g, vs[t].float(), hyper[t, 5], flags)
+        lam = hyper[t, 2]
         e = g - d
-        if flags & 2:  # W' = (1 + lam) P^-1 / (1 + lam P), 1 / (1 + lam P) = P^-1 / (P^-1 + lam)
-            r = pinv / (pinv + lam)
+        if r is not None:  # W' = (1 + lam) P^-1 / (1 + lam P)
             cross = (g * e * r * pinv + lam * d * e * r).sum() * (1.0 + lam)
             gap = (e * e * r * pinv).sum() * (1.0 + lam)
         else:  # W' = P^-1
@@ -164,10 +173,9 @@ def adamw_update_torch(
     gs, ds, vs, xs, cs = tensors
     for t in range(len(gs)):
         g, d, x = gs[t].float(), ds[t].float(), xs[t].float()
-        v, inv = _adamw_prelude(hyper, t, g, vs[t].float())
+        take, kappa = weights[t, 0], weights[t, 1]
+        v, pinv, r = _adamw_prelude(hyper, t, g, vs[t].float(), weights[t, 2], flags)
         lam, decay, neg_lr = hyper[t, 2], hyper[t, 3], hyper[t, 4]
-        take, kappa, factor = weights[t, 0], weights[t, 1], weights[t, 2]
-        pinv = factor * inv
         if flags & 4:  # exact, per element: w = (1 - b) / ((b + lam P) c + 1 - b)
             beta, restart = weights[t, 3], weights[t, 4]
             q = lam / pinv
@@ -177,8 +185,8 @@ def adamw_update_torch(
             w = torch.where(w == w, w, 0.0)  # 0/0 only for beta = 1 with c = 0
             w = torch.where(restart != 0.0, 1.0, w)  # a restart: m_hat <- g, c <- 1
             cs[t].copy_(torch.where(restart != 0.0, 1.0, c))
-        elif flags & 2:  # w = take / (1 + lam P) = take P^-1 / (P^-1 + lam)
-            w = take * pinv / (pinv + lam)
+        elif r is not None:  # w = take / (1 + lam P)
+            w = take * r
         else:
             w = take
         d = kappa * d
