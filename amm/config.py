@@ -1,7 +1,7 @@
 """Where the Hydra configs live, and the OmegaConf resolvers they use.
 
 Importing this module registers the resolvers, so every entry point (``amm.run``,
-``amm.reproduce``, tests that compose configs) gets them by importing it.
+``experiments.reproduce``, tests that compose configs) gets them by importing it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ NON_RESULT_KEYS = (
     "trainer.num_threads",
     "trainer.on_mismatch",
     "method",
-    "seeds",  # how many seeds amm.reproduce runs (each run's own is trainer.seed)
+    "seeds",  # how many seeds experiments.reproduce runs (each run's own is trainer.seed)
     "sweep",  # the experiment's list of runs: editing it (a set added) changes no run
     "logger",
     "paths",

@@ -32,10 +32,10 @@ from amm.config import (
 )
 from amm.data.libsvm import DataNotFoundError
 from amm.optim import build_optimizer
-from amm.reproduce import available, expand_jobs, job_run_dirs, sweep_blocks
 from amm.schedule import SCHEDULES
 from amm.tracking import read_jsonl
 from amm.trainer import train
+from experiments.reproduce import available, expand_jobs, job_run_dirs, sweep_blocks
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,7 @@ def test_experiments_are_discovered_and_each_has_an_artifact() -> None:
 SHARES_RUNS_OF = {
     name: "figure5" for name in ("table2", "table5", "table6", "table_llm", "formulation")
 }
-# Artifacts computed without training runs (`sweep.<scale>: []`, amm.reproduce.sweep_blocks).
+# Artifacts computed without training runs (`sweep.<scale>: []`, experiments.reproduce.sweep_blocks).
 RUNLESS = {"figure2"}
 
 
