@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(PY) -m amm.reproduce figure3 --scale smoke --out-dir outputs/demo/figure3 trainer.max_steps=500
+	$(PY) -m experiments.reproduce figure3 --scale smoke --out-dir outputs/demo/figure3 trainer.max_steps=500
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -66,7 +66,7 @@ bench-train: $(STAMP)
 ARTIFACTS := $(basename $(notdir $(wildcard configs/experiment/*.yaml)))
 .PHONY: $(ARTIFACTS)
 $(ARTIFACTS): $(STAMP)
-	$(PY) -m amm.reproduce $@ --scale $(SCALE) $(ARGS)
+	$(PY) -m experiments.reproduce $@ --scale $(SCALE) $(ARGS)
 
 # The claims report (README "Claims"): results/claims/$(SCALE)/CLAIMS.md, computed from the runs
 # that the artifacts' provenance.json files list (make the artifacts first; it trains nothing).
@@ -88,7 +88,7 @@ $(error usage: make sweep EXP=<artifact> [SCALE=smoke|reduced|paper] [CLUSTER=sl
 endif
 endif
 sweep: $(STAMP)
-	$(PY) -m amm.reproduce $(EXP) --scale $(SCALE) hydra/launcher=$(CLUSTER) $(ARGS)
+	$(PY) -m experiments.reproduce $(EXP) --scale $(SCALE) hydra/launcher=$(CLUSTER) $(ARGS)
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache .ruff_cache .mypy_cache

@@ -11,7 +11,7 @@ all of them (and the RNG states) as one checkpoint:
 - ``checkpoints/previous.pt``: the checkpoint before it.
 
 Saving never leaves a broken ``last.pt``: the new file is written next to it, flushed to disk
-(fsync), the old ``last.pt`` becomes ``previous.pt`` (a hard link, so ``last.pt`` exists at every
+(fsync, ``amm.atomic``), the old ``last.pt`` becomes ``previous.pt`` (a hard link, so ``last.pt`` exists at every
 instant), and a rename puts the new one in place. Loading tries ``last.pt``, then (with a
 warning naming the file and the error) ``previous.pt``; if none can be read the error names the
 files and says what to do: a run never silently starts over.
@@ -45,6 +45,8 @@ import torch.distributed.checkpoint as dcp
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from amm.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = Path("checkpoints")
@@ -73,7 +75,8 @@ class TrainState:
 
 
 class Checkpointer:
-    """Saves and loads ``state`` + model + optimizer + lr schedule + RNG states of one run."""
+    """Saves and loads ``state`` + model + optimizer + lr schedule + RNG states of one run, and
+    decides when it saves: every ``every`` steps (0: only when asked, e.g. at the end)."""
 
     def __init__(
         self,
@@ -83,6 +86,7 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         *,
+        every: int = 0,
         sharded: bool,
         is_main: bool,
         world_size: int,
@@ -90,6 +94,7 @@ class Checkpointer:
     ) -> None:
         self.run_dir, self.state = run_dir, state
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.every = every
         self.sharded, self.is_main, self.world_size, self.device = (
             sharded,
             is_main,
@@ -98,6 +103,18 @@ class Checkpointer:
         )
 
     # ---- save ---------------------------------------------------------------------------
+
+    def due(self, step: int) -> bool:
+        """Whether step ``step`` is on the checkpoint interval (``trainer.checkpoint_every``)."""
+        return self.every > 0 and step % self.every == 0
+
+    def maybe_save(self, elapsed: float, *, force: bool = False) -> bool:
+        """Save if the current step is due, or ``force`` (the end, a stop signal); every rank
+        calls it at every step. Whether it saved."""
+        if not (force or self.due(self.state.step)):
+            return False
+        self.save(elapsed)
+        return True
 
     def save(self, elapsed: float) -> None:
         """Write a checkpoint of the current state (every rank calls it); ``elapsed``: the
@@ -197,16 +214,11 @@ def save_rotating(obj: Any, last: Path, previous: Path) -> None:
     """``torch.save`` to ``last``, keeping the old ``last`` as ``previous``; crash-safe.
 
     At every instant ``last`` is a complete file (old or new) once it first exists: the new one
-    is written to a temporary name and fsynced, the old one is linked as ``previous``, then a
-    rename (atomic) replaces ``last``; the directory is fsynced so the renames survive a crash.
+    is written by ``atomic_write`` (temporary name, fsync, rename, directory fsync), and once it
+    is on disk, before the rename, the old one is linked as ``previous``.
     """
-    last.parent.mkdir(parents=True, exist_ok=True)
-    tmp = last.with_name(last.name + ".tmp")
-    try:
-        with tmp.open("wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+
+    def keep_previous() -> None:
         if last.exists():
             keep = previous.with_name(previous.name + ".tmp")
             keep.unlink(missing_ok=True)
@@ -215,27 +227,14 @@ def save_rotating(obj: Any, last: Path, previous: Path) -> None:
             except OSError:  # file systems without hard links
                 shutil.copyfile(last, keep)
             os.replace(keep, previous)
-        os.replace(tmp, last)
-        fsync_dir(last.parent)
+
+    try:
+        atomic_write(last, lambda fh: torch.save(obj, fh), before_replace=keep_previous)
     except OSError as err:
         raise CheckpointError(
             f"cannot write the checkpoint {last}: {err}. Free space or make the run directory "
             "writable, then re-run the same command: it resumes from the last good checkpoint."
         ) from err
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries (renames) to disk; a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def safe_load(path: Path) -> Any:

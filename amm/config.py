@@ -1,20 +1,22 @@
 """Where the Hydra configs live, and the OmegaConf resolvers they use.
 
 Importing this module registers the resolvers, so every entry point (``amm.run``,
-``amm.reproduce``, tests that compose configs) gets them by importing it.
+``experiments.reproduce``, tests that compose configs) gets them by importing it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from amm import paths
+from amm.schedule import SCHEDULES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SCALES = ("smoke", "reduced", "paper")
@@ -29,7 +31,7 @@ NON_RESULT_KEYS = (
     "trainer.num_threads",
     "trainer.on_mismatch",
     "method",
-    "seeds",  # how many seeds amm.reproduce runs (each run's own is trainer.seed)
+    "seeds",  # how many seeds experiments.reproduce runs (each run's own is trainer.seed)
     "sweep",  # the experiment's list of runs: editing it (a set added) changes no run
     "logger",
     "paths",
@@ -80,96 +82,188 @@ class ConfigError(ValueError):
     """A config value the suite cannot run with; the message names the key and what is allowed."""
 
 
+# ---- the trainer's settings: TrainerSchema is their one definition --------------------------
+# Each field holds its type, default and allowed values (``setting``); ``validate`` derives its
+# checks and messages from them, and tests/test_configs.py checks configs/trainer/default.yaml
+# against them (every key, every default).
+
+
+@dataclass(frozen=True)
+class Range:
+    """Numbers (each element, for a list) of at least ``low`` (above it, if ``above``), at most
+    ``high``; ``note`` says what a boundary value means."""
+
+    low: float
+    high: float | None = None
+    above: bool = False
+    note: str = ""
+
+    def ok(self, value: Any) -> bool:
+        values = value if isinstance(value, list) else [value]
+        low_ok = (lambda v: v > self.low) if self.above else (lambda v: v >= self.low)
+        return all(low_ok(v) and (self.high is None or v <= self.high) for v in values)
+
+    def describe(self, noun: str) -> str:
+        if self.high is not None:
+            text = f"{noun} in [{self.low:g}, {self.high:g}]"
+        else:
+            text = f"{noun} {'>' if self.above else '>='} {self.low:g}"
+        return f"{text} {self.note}" if self.note else text
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of ``names``; a name with ``<index>`` in it stands for that text with a number."""
+
+    names: tuple[str, ...]
+
+    def ok(self, value: Any) -> bool:
+        patterns = (re.escape(n).replace(re.escape("<index>"), r"\d+") for n in self.names)
+        return isinstance(value, str) and any(re.fullmatch(p, value) for p in patterns)
+
+    def describe(self, noun: str) -> str:
+        return _either(list(self.names))
+
+
+Rule = Range | OneOf
+
+
+def setting(default: Any, rule: Rule | None = None, *, by_scale: tuple[Any, ...] = ()) -> Any:
+    """A schema field: its default, and the values allowed besides the type's. ``by_scale``: the
+    default per scale (smoke, reduced, paper) where the YAML writes ``${by_scale:...}``; the
+    field's own default is then the smoke value."""
+    metadata = {"rule": rule, "by_scale": by_scale}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class SchedulerSchema:
-    name: str = "constant"
-    warmup_steps: int = 0
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    min_lr_ratio: float = 0.0
+    name: str = setting("constant", OneOf(SCHEDULES))
+    warmup_steps: int = setting(0, Range(0))
+    milestones: list[int] = setting([], Range(0))
+    gamma: float = setting(0.1, Range(0, above=True))
+    min_lr_ratio: float = setting(0.0, Range(0, 1))
+
+
+# the autocast precisions (trainer.precision) and the torch dtype each one computes in
+PRECISIONS = {"bf16": "bfloat16"}
+DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 
 @dataclass
 class TrainerSchema:
-    """The types of ``cfg.trainer`` (configs/trainer/default.yaml says what each key means)."""
+    """``cfg.trainer``: types, defaults and allowed values (configs/trainer/default.yaml says
+    what each key means and must agree with this)."""
 
-    max_steps: int = 1
-    eval_every: int = 0
-    log_every: int = 1
-    checkpoint_every: int = 0
-    grad_clip: float | None = None
-    accumulate_grad_batches: int = 1
+    max_steps: int = setting(20, Range(1), by_scale=(20, 1000, 10000))
+    eval_every: int = setting(0, Range(0, note="(0: evaluate at the end only)"))
+    log_every: int = setting(1, Range(1))
+    checkpoint_every: int = setting(1000, Range(0, note="(0: checkpoint at the end only)"))
+    grad_clip: float | None = setting(None, Range(0, above=True))
+    accumulate_grad_batches: int = setting(1, Range(1, note="(1: no accumulation)"))
     scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
-    dtype: str | None = None
-    precision: str | None = None
-    device: str = "auto"
-    distributed: str = "ddp"
-    seed: int = 0
-    num_threads: int | None = None
-    compile: bool = False
-    progress: bool = True
-    on_mismatch: str = "refuse"
-    max_nonfinite_in_row: int = 10
+    dtype: str | None = setting(None, OneOf(DTYPES))
+    precision: str | None = setting(None, OneOf(tuple(PRECISIONS)))
+    device: str = setting("auto", OneOf(("auto", "cpu", "cuda", "cuda:<index>")))
+    distributed: str = setting("ddp", OneOf(("ddp", "fsdp")))
+    seed: int = setting(0, Range(0))
+    num_threads: int | None = setting(None, Range(1))
+    compile: bool = setting(False)
+    progress: bool = setting(True)
+    on_mismatch: str = setting("refuse", OneOf(("refuse", "restart")))
+    max_nonfinite_in_row: int = setting(10, Range(1))
 
 
-# key -> (check, what is allowed), applied after the types
-_RULES: dict[str, tuple[Any, str]] = {
-    "max_steps": (lambda v: v >= 1, "an integer >= 1"),
-    "eval_every": (lambda v: v >= 0, "an integer >= 0 (0: evaluate at the end only)"),
-    "log_every": (lambda v: v >= 1, "an integer >= 1"),
-    "checkpoint_every": (lambda v: v >= 0, "an integer >= 0 (0: checkpoint at the end only)"),
-    "grad_clip": (lambda v: v is None or v > 0, "null or a number > 0"),
-    "accumulate_grad_batches": (lambda v: v >= 1, "an integer >= 1 (1: no accumulation)"),
-    "dtype": (
-        lambda v: v in (None, "float32", "float64", "bfloat16", "float16"),
-        "null, float32, float64, bfloat16 or float16",
-    ),
-    "precision": (lambda v: v in (None, "bf16"), "null or bf16"),
-    "device": (
-        lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"),
-        "auto, cpu, cuda or cuda:<index>",
-    ),
-    "distributed": (lambda v: v in ("ddp", "fsdp"), "ddp or fsdp"),
-    "seed": (lambda v: v >= 0, "an integer >= 0"),
-    "num_threads": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
-    "on_mismatch": (lambda v: v in ("refuse", "restart"), "refuse or restart"),
-    "max_nonfinite_in_row": (lambda v: v >= 1, "an integer >= 1"),
-    "compile": (lambda v: isinstance(v, bool), "true or false"),
-    "progress": (lambda v: isinstance(v, bool), "true or false"),
-    "scheduler.name": (lambda v: v in ("constant", "cosine", "step"), "constant, cosine or step"),
-    "scheduler.warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
-    "scheduler.milestones": (lambda v: all(m >= 0 for m in v), "a list of integers >= 0"),
-    "scheduler.gamma": (lambda v: v > 0, "a number > 0"),
-    "scheduler.min_lr_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-}
+@dataclass(frozen=True)
+class Setting:
+    """One (flat) key of a schema: ``scheduler.name`` etc."""
+
+    key: str
+    type: Any
+    default: Any
+    rule: Rule | None
+    by_scale: tuple[Any, ...]
+
+    @property
+    def nullable(self) -> bool:
+        return type(None) in get_args(self.type)
+
+    @property
+    def base(self) -> Any:
+        """The type without ``None`` (``int`` for ``int | None``; ``list`` for ``list[int]``)."""
+        args = [a for a in get_args(self.type) if a is not type(None)]
+        base = args[0] if self.nullable else self.type
+        return get_origin(base) or base
+
+    def allowed(self) -> str:
+        """What the value must be, as the error messages say it."""
+        if self.base is bool:
+            return "true or false"
+        if isinstance(self.rule, OneOf):
+            return _either(["null", *self.rule.names] if self.nullable else list(self.rule.names))
+        noun = {int: "an integer", float: "a number", list: "a list of integers"}.get(
+            self.base, "a string"
+        )
+        text = self.rule.describe(noun) if self.rule is not None else noun
+        return f"null or {text}" if self.nullable else text
+
+    def ok(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        return self.rule is None or self.rule.ok(value)
+
+    def default_at(self, scale: str) -> Any:
+        return self.by_scale[SCALES.index(scale)] if self.by_scale else self.default
 
 
-def validate(cfg: DictConfig, config_dir: Path = CONFIG_DIR) -> None:
+def settings(schema: type = TrainerSchema, prefix: str = "") -> dict[str, Setting]:
+    """Every key of ``schema`` (nested schemas flattened: ``scheduler.name``) and its setting."""
+    hints = get_type_hints(schema)
+    out: dict[str, Setting] = {}
+    for f in fields(schema):
+        kind = hints[f.name]
+        if is_dataclass(kind):
+            out |= settings(kind, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+            continue
+        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        meta = f.metadata
+        key = f"{prefix}{f.name}"
+        out[key] = Setting(key, kind, default, meta.get("rule"), meta.get("by_scale", ()))
+    return out
+
+
+def validate(cfg: DictConfig, config_dir: Path = CONFIG_DIR) -> TrainerSchema:
     """Check a composed config before anything is built: ``cfg.trainer`` against
-    ``TrainerSchema`` and its rules, and ``cfg.optimizer``'s values against the types of the
-    defaults in ``configs/optimizer/<name>.yaml``. Raises ``ConfigError`` naming the key."""
+    ``TrainerSchema``, and ``cfg.optimizer``'s values against the types of the defaults in
+    ``configs/optimizer/<name>.yaml``. Raises ``ConfigError`` naming the key; returns the
+    trainer settings, typed."""
     trainer: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
+    schema = settings()
     for key, value in _flat(trainer).items():
-        if not _has_field(TrainerSchema, key):
+        if key not in schema:
             known = ", ".join(f.name for f in fields(TrainerSchema))
             raise ConfigError(f"trainer.{key}: not a trainer setting; the settings are {known}")
-        kind = _field_type(key)
-        if isinstance(value, float) and kind == "int" and not value.is_integer():
-            raise ConfigError(f"trainer.{key}={value!r}: must be {_RULES[key][1]}")
-        if kind == "bool" and not isinstance(value, bool):  # OmegaConf would take 2 as true
-            raise ConfigError(f"trainer.{key}={value!r}: must be true or false")
+        kind = schema[key].base
+        wrong_int = kind is int and isinstance(value, float) and not value.is_integer()
+        wrong_bool = kind is bool and not isinstance(value, bool)  # OmegaConf takes 2 as true
+        if wrong_int or wrong_bool:
+            raise ConfigError(f"trainer.{key}={value!r}: must be {schema[key].allowed()}")
     try:
         typed = OmegaConf.merge(OmegaConf.structured(TrainerSchema), trainer)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        value = _lookup(trainer, key)
-        allowed = _RULES.get(key, (None, _field_type(key) or "another value"))[1]
-        raise ConfigError(f"trainer.{key}={value!r}: must be {allowed}") from None
+        allowed = schema[key].allowed() if key in schema else "another value"
+        raise ConfigError(f"trainer.{key}={_lookup(trainer, key)!r}: must be {allowed}") from None
     values = _flat(OmegaConf.to_container(typed))  # type: ignore[arg-type]
-    for key, (ok, allowed) in _RULES.items():
-        if not ok(values[key]):
-            raise ConfigError(f"trainer.{key}={values[key]!r}: must be {allowed}")
+    for key, rule in schema.items():
+        if not rule.ok(values[key]):
+            raise ConfigError(f"trainer.{key}={values[key]!r}: must be {rule.allowed()}")
     _check_optimizer(cfg, config_dir)
+    result = OmegaConf.to_object(typed)
+    assert isinstance(result, TrainerSchema)
+    return result
 
 
 def _check_optimizer(cfg: DictConfig, config_dir: Path) -> None:
@@ -226,20 +320,6 @@ def _lookup(tree: dict[str, Any], key: str) -> Any:
     return tree
 
 
-def _has_field(schema: type, key: str) -> bool:
-    head, _, rest = key.partition(".")
-    for f in fields(schema):
-        if f.name == head:
-            return not rest or (f.name == "scheduler" and _has_field(SchedulerSchema, rest))
-    return False
-
-
-def _field_type(key: str) -> str | None:
-    """ "int", "float", ... of a trainer key (as written in the schema)."""
-    head, _, rest = key.partition(".")
-    schema = SchedulerSchema if rest else TrainerSchema
-    name = rest or head
-    for f in fields(schema):
-        if f.name == name:
-            return str(f.type).split(" ")[0]
-    return None
+def _either(names: list[str]) -> str:
+    """``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

@@ -1,5 +1,18 @@
-"""A run directory's integrity: one process at a time (``RunLock``), and a fingerprint of what
-made it (``Fingerprint``), so a changed config or data file is never resumed silently.
+"""The run directory as one object: ``RunDir``, the trainer's one entry to it (rank 0).
+
+    with RunDir(run_dir, cfg) as run:  # run.log, the lock, the config's fingerprint
+        if run.finished is not None:   # summary.json exists: the run is done
+            return run.finished
+        run.check_data(data.source_files())  # the data files' fingerprint
+        run.write_config(resolved); run.write_meta(fields)  # config.yaml, meta.json
+        ...                                   # (the trainer writes checkpoints/, metrics.jsonl)
+        run.finish(summary)                   # summary.json, last: "finished"
+
+A re-run whose config or data differ from the fingerprint is refused (``RunDirError`` listing
+the differences) or, with ``trainer.on_mismatch=restart``, started over in place: its
+checkpoints, metrics, summary and fingerprint are deleted. The integrity it keeps: one process
+at a time (``RunLock``) and a fingerprint of what made the run (``fingerprint.json``), so a
+changed config or data file is never resumed silently.
 
 **The lock** is a file ``<run dir>/.lock`` created with ``O_CREAT | O_EXCL``, which is atomic on
 local file systems and on NFS (v3 and later) and Lustre, unlike ``fcntl``/``flock`` locks, which
@@ -32,24 +45,33 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from amm.atomic import atomic_write_json
+from amm.checkpoint import CHECKPOINT_DIR, remove_checkpoints
 from amm.config import NON_RESULT_KEYS
+from amm.schedule import max_steps_may_change
 
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
 FINGERPRINT = "fingerprint.json"
+SUMMARY = "summary.json"  # written last: its presence means "finished"
+METRICS = "metrics.jsonl"
+RUN_LOG = "run.log"
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 # Files larger than this are fingerprinted by size and modification time, not hashed.
 HASH_LIMIT_BYTES = 1 << 30
-SCHEDULE_KEY = "trainer.scheduler.name"
 
 
 class RunDirError(RuntimeError):
@@ -58,6 +80,140 @@ class RunDirError(RuntimeError):
 
 class RunDirNotWritable(RunDirError):
     """The run directory cannot be written (read-only file system, permissions)."""
+
+
+# ---- the run directory ---------------------------------------------------------------------
+
+
+class RunDir:
+    """Rank 0's run directory: ``with RunDir(path, cfg) as run:`` (see the module docstring).
+
+    Entering logs to ``run.log``, takes the lock (a finished run on a read-only file system is
+    only read) and checks the config against the fingerprint; ``finished`` is then the summary
+    of a finished run, else None. Leaving releases the lock and the log.
+    """
+
+    def __init__(self, path: Path, cfg: DictConfig) -> None:
+        self.path, self.cfg = Path(path), cfg
+        self.finished: dict[str, Any] | None = None
+        self._stack = ExitStack()
+
+    def __enter__(self) -> RunDir:
+        with ExitStack() as stack:  # an error here releases what was taken
+            stack.enter_context(run_log(self.path / RUN_LOG))
+            read_only = self._lock(stack)
+            self.finished = self._check_config(read_only)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY
+
+    def _lock(self, stack: ExitStack) -> bool:
+        """Take the lock (a second process here is refused); True: read-only, and finished."""
+        try:
+            stack.enter_context(RunLock(self.path))
+        except RunDirNotWritable:
+            if not self.summary_path.exists():
+                raise
+            return True
+        return False
+
+    def _check_config(self, read_only: bool) -> dict[str, Any] | None:
+        """The config against the fingerprint (``trainer.on_mismatch``); the summary if finished."""
+        started = self.summary_path.exists() or (self.path / CHECKPOINT_DIR).exists()
+        recorded = read_fingerprint(self.path)
+        config = config_fingerprint(self.cfg)
+        if started and recorded is not None:
+            differences = config_differences(recorded.get("config", {}), config)
+            if self.summary_path.exists():  # its data is not built: check the files in place
+                differences += data_differences(recorded.get("data", {}), files=None)
+            if differences:
+                self._restart_or_refuse(differences)
+        if self.summary_path.exists():
+            note = " (read-only)" if read_only else ""
+            log.info("%s: finished already%s; summary: %s", self.path, note, self.summary_path)
+            return dict(json.loads(self.summary_path.read_text()))
+        if recorded is None or not started:
+            write_fingerprint(self.path, config, {})  # the data part once the data is built
+        return None
+
+    def check_data(self, files: list[Path]) -> None:
+        """The data files of a resumed run must be those it started with; record them."""
+        recorded = read_fingerprint(self.path) or {}
+        if recorded.get("data"):
+            differences = data_differences(recorded["data"], files)
+            if differences:
+                self._restart_or_refuse(differences)
+        write_fingerprint(self.path, config_fingerprint(self.cfg), data_fingerprint(files))
+
+    def _restart_or_refuse(self, differences: list[str]) -> None:
+        """``trainer.on_mismatch``: ``refuse`` (raise, listing the differences) or ``restart``
+        (delete the run's checkpoints, metrics, summary and fingerprint: start it over)."""
+        if self.cfg.trainer.on_mismatch != "restart":
+            raise mismatch_error(self.path, differences)
+        log.warning(
+            "%s: config or data changed (%s); trainer.on_mismatch=restart: starting the run over",
+            self.path,
+            "; ".join(differences),
+        )
+        remove_checkpoints(self.path)
+        for name in (SUMMARY, METRICS, FINGERPRINT):
+            (self.path / name).unlink(missing_ok=True)
+
+    def write_config(self, resolved: Any) -> None:
+        """Write ``config.yaml`` (the resolved config, a DictConfig)."""
+        OmegaConf.save(resolved, self.path / "config.yaml")
+
+    def write_meta(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Write ``meta.json``: ``fields`` and a W&B run id, kept across restarts (W&B then
+        resumes the same run). Returns what it wrote."""
+        path = self.path / "meta.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        meta = {**fields, "wandb_id": old.get("wandb_id") or secrets.token_hex(4)}
+        atomic_write_json(path, meta, indent=2)
+        return meta
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Write ``summary.json``, the run's last file."""
+        atomic_write_json(self.summary_path, summary, indent=2)
+
+
+@contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """Log ``amm``'s messages (INFO and up) and any WARNING to ``path`` (the run's ``run.log``).
+
+    Under ``python -m amm.run`` Hydra's job logging already writes ``run.log`` and the console;
+    elsewhere (``train()`` called from Python) a file handler, and a console one on stderr, are
+    added for the duration of the run.
+    """
+    root, amm_log = logging.getLogger(), logging.getLogger("amm")
+    target = str(path.resolve())
+    added: list[logging.Handler] = []
+    if not any(getattr(h, "baseFilename", None) == target for h in root.handlers):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            added.append(logging.FileHandler(path, mode="a"))
+        except OSError:  # a read-only run directory: the console still gets the log
+            pass
+    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+        added.append(logging.StreamHandler(sys.stderr))
+    for handler in added:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    level = amm_log.level
+    amm_log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        amm_log.setLevel(level)
+        for handler in added:
+            root.removeHandler(handler)
+            handler.close()
 
 
 # ---- the lock ------------------------------------------------------------------------------
@@ -266,26 +422,24 @@ def read_fingerprint(run_dir: Path) -> dict[str, Any] | None:
 
 
 def write_fingerprint(run_dir: Path, config: dict[str, Any], data: dict[str, Any]) -> None:
-    path = run_dir / FINGERPRINT
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"config": config, "data": data}, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    fingerprint = {"config": config, "data": data}
+    atomic_write_json(run_dir / FINGERPRINT, fingerprint, indent=2, sort_keys=True)
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every key whose value differs (or is only in one of them).
 
     ``trainer.max_steps`` may change (a run extended, or stopped earlier) unless the lr schedule
-    depends on it (cosine): the steps both runs take are the same.
+    depends on it (``amm.schedule.max_steps_may_change``): the steps both runs take are the same.
     """
     missing = object()
     lines = []
-    cosine = "cosine" in (old.get(SCHEDULE_KEY), new.get(SCHEDULE_KEY))
+    lenient_max_steps = max_steps_may_change(old, new)
     for key in sorted(set(old) | set(new)):
         if excluded(key):  # recorded before NON_RESULT_KEYS listed it
             continue
         a, b = old.get(key, missing), new.get(key, missing)
-        if key == "trainer.max_steps" and not cosine:
+        if key == "trainer.max_steps" and lenient_max_steps:
             continue
         if a != b:
             shown_a = "(absent)" if a is missing else json.dumps(a)

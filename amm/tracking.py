@@ -19,11 +19,9 @@ import logging
 import netrc
 import os
 import re
-import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,43 +30,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from amm.atomic import atomic_write
 from amm.rundir import config_fingerprint
 
 log = logging.getLogger(__name__)
-LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-
-
-@contextmanager
-def run_log(path: Path) -> Iterator[None]:
-    """Log ``amm``'s messages (INFO and up) and any WARNING to ``path`` (the run's ``run.log``).
-
-    Under ``python -m amm.run`` Hydra's job logging already writes ``run.log`` and the console;
-    elsewhere (``train()`` called from Python) a file handler, and a console one on stderr, are
-    added for the duration of the run.
-    """
-    root, amm_log = logging.getLogger(), logging.getLogger("amm")
-    target = str(path.resolve())
-    added: list[logging.Handler] = []
-    if not any(getattr(h, "baseFilename", None) == target for h in root.handlers):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            added.append(logging.FileHandler(path, mode="a"))
-        except OSError:  # a read-only run directory: the console still gets the log
-            pass
-    if not any(type(h) is logging.StreamHandler for h in root.handlers):
-        added.append(logging.StreamHandler(sys.stderr))
-    for handler in added:
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(handler)
-    level = amm_log.level
-    amm_log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        amm_log.setLevel(level)
-        for handler in added:
-            root.removeHandler(handler)
-            handler.close()
 
 
 class MetricsFile:
@@ -88,9 +53,7 @@ class MetricsFile:
             kept = [r for r in records if r["step"] <= keep_until_step]
             text = "".join(json.dumps(r) + "\n" for r in kept)
             if text != path.read_text():
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(text)
-                os.replace(tmp, path)
+                atomic_write(path, text)
         self._file = path.open("a", buffering=1)  # line-buffered: readable while running
 
     def append(self, record: dict[str, Any]) -> None:

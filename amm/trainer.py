@@ -1,12 +1,17 @@
 """The one training loop of the suite, for every experiment (read it top to bottom).
 
-``train(cfg, run_dir)`` runs one composed config in ``run_dir``:
+``train(cfg, run_dir)`` runs one composed config in ``run_dir``, in three phases:
 
-    seed -> data -> model -> optimizer -> lr schedule -> resume? -> step loop -> summary
+    setup:   validate -> run directory (RunDir: lock, fingerprint; finished?) -> processes,
+             seeds -> data -> model -> optimizer -> lr schedule -> resume -> outputs
+    loop:    batches -> step -> record (log/eval interval) -> checkpoint (its interval) -> stop?
+    summary: summary.json (final metrics, ``diverged``)
 
 and writes there (docs/architecture.md section 3): ``config.yaml`` (resolved), ``meta.json``,
-``metrics.jsonl`` (one JSON object per logged step), ``summary.json`` (final metrics, written
-last, so its presence means "finished") and ``checkpoints/last.pt``.
+``metrics.jsonl`` (one JSON object per logged step), ``summary.json`` (written last, so its
+presence means "finished") and ``checkpoints/last.pt``. Each interval policy sits with what it
+schedules: ``Checkpointer.maybe_save`` (``checkpoint_every``), ``Evaluator.due``
+(``eval_every``), ``Recorder.due`` (``log_every``, and every evaluation).
 
 Metric conventions: the record of step ``t`` (1-based count of optimizer updates) holds the loss
 of the batch used by update ``t``, i.e. ``f(x_{t-1})`` for a full-batch problem, and the beta that
@@ -29,17 +34,16 @@ under the submitit launcher that handler requeues the job (SIGUSR2: time limit n
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
-import secrets
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,39 +57,27 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from amm import paths
-from amm.checkpoint import CHECKPOINT_DIR, LAST, Checkpointer, TrainState, remove_checkpoints
-from amm.config import validate
+from amm.checkpoint import LAST, Checkpointer, TrainState
+from amm.config import PRECISIONS, TrainerSchema, validate
 from amm.data import DataModule
 from amm.distributed import global_rank, setup_distributed, shard_model, teardown_distributed
 from amm.models import Model
 from amm.optim import build_optimizer
 from amm.provenance import provenance
-from amm.rundir import (
-    FINGERPRINT,
-    RunDirNotWritable,
-    RunLock,
-    config_differences,
-    config_fingerprint,
-    data_differences,
-    data_fingerprint,
-    mismatch_error,
-    read_fingerprint,
-    write_fingerprint,
-)
+from amm.rundir import RunDir
+from amm.schedule import lr_factor
 from amm.tracking import (
     RunOutputs,
     Throughput,
     full_tensor,
     grad_norm,
     resolved_values,
-    run_log,
     wandb_run,
 )
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = LAST  # checkpoints/last.pt, relative to the run directory
-SUMMARY = "summary.json"
 INTERVAL_KEYS = ("betas", "steps_per_s", "tokens_per_s")  # in records, left out of the summary
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 # recorded in meta.json: which SLURM job (array task) ran the run, where, after how many requeues
@@ -100,291 +92,390 @@ SLURM_META = (
 
 def train(cfg: DictConfig, run_dir: Path, experiment: str = "default") -> dict[str, Any]:
     """Run (or resume, or skip if finished) the training described by ``cfg`` in ``run_dir``."""
-    run_dir = Path(run_dir)
-    tcfg = cfg.trainer
-    validate(cfg)  # before any work: a bad value names its key and what is allowed
+    tcfg = validate(cfg)  # before any work: a bad value names its key and what is allowed
     paths.apply(cfg.paths)
-
     # every exit path (an error, a stop signal, the end) closes what was opened, in reverse
     with ExitStack() as cleanup:
-        # ---- the run directory: lock, log, fingerprint (rank 0); finished already? -------
-        is_main = global_rank() == 0
-        finished = open_run_dir(cfg, run_dir, cleanup) if is_main else None
-
-        # ---- distributed setup, seeds ----------------------------------------------------
-        rank, world_size, device = setup_distributed(tcfg.device)
-        cleanup.callback(teardown_distributed)
-        if world_size > 1:  # rank 0 alone looked at the run directory: its verdict for all
-            verdict = [finished]
-            dist.broadcast_object_list(verdict, src=0)
-            finished = verdict[0]
-        if finished is not None:
-            return finished
-        seed_everything(int(tcfg.seed))
-        if tcfg.num_threads:
-            torch.set_num_threads(int(tcfg.num_threads))
-
-        # ---- problem, model, optimizer, schedule -----------------------------------------
-        data: DataModule = instantiate(cfg.dataset)
-        if is_main:
-            check_data(cfg, run_dir, data)
-        if world_size > 1:
-            dist.barrier()  # no rank reads the checkpoint before rank 0 has checked the data
-        info = data.info
-        fstar = info.get("fstar")
-        dtype = getattr(torch, tcfg.dtype) if tcfg.dtype else None
-        raw_model: nn.Module = instantiate(cfg.model, info=info).to(device=device, dtype=dtype)
-        sharded = tcfg.distributed == "fsdp"  # checkpoint format (DCP), whatever the world size
-        fsdp = sharded and world_size > 1
-        if fsdp:
-            shard_model(raw_model)  # before the optimizer, which must hold the sharded parameters
-        optimizer_options: dict[str, Any] = OmegaConf.to_container(cfg.optimizer, resolve=True)  # type: ignore[assignment]
-        optimizer = build_optimizer(raw_model, **optimizer_options, info=info)
-        resolved_lr = float(optimizer.param_groups[0]["lr"])  # lr: auto is info["lr"] x lr_scale
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_factor(tcfg.scheduler, int(tcfg.max_steps))
-        )
-        model: nn.Module = raw_model  # what the step calls: compiled and/or DDP-wrapped
-        if tcfg.compile:
-            model = torch.compile(raw_model)  # type: ignore[assignment]  # an OptimizedModule
-        if world_size > 1 and not fsdp:
-            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-        beta_stats: Callable[[], dict[str, Tensor]] = getattr(optimizer, "beta_stats", dict)
-        autocast = autocast_context(tcfg.precision, device)
-        skip_nonfinite = optimizer_options.get("nonfinite") == "skip"
-
-        # ---- resume from the run directory's checkpoint, if any --------------------------
-        state = TrainState()
-        checkpointer = Checkpointer(
-            run_dir,
-            state,
-            raw_model,
-            optimizer,
-            scheduler,
-            sharded=sharded,
-            is_main=is_main,
-            world_size=world_size,
-            device=device,
-        )
-        resumed = checkpointer.load()
-
-        # ---- outputs (rank 0): config.yaml, meta.json, metrics.jsonl, W&B ----------------
-        outputs = None
-        if is_main:
-            saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-            saved.optimizer.resolved_lr = resolved_lr  # the number the lr (auto x lr_scale) became
-            OmegaConf.save(saved, run_dir / "config.yaml")
-            meta = write_meta(run_dir, experiment, world_size, device, state.step, resolved_lr)
-            resolved = resolved_values(
-                cfg,
-                lr=resolved_lr,
-                optimizer=optimizer,
-                model=raw_model,
-                info=info,
-                world_size=world_size,
-            )
-            outputs = RunOutputs(
-                run_dir,
-                keep_until_step=state.step,
-                logger=cfg.logger,
-                wandb_id=meta["wandb_id"],
-                wandb_run=wandb_run(cfg, run_dir, experiment, resolved),
-            )
-            cleanup.push(outputs.exit)  # W&B learns how the run ended
-            how = f"resumed from step {state.step}" if resumed else "new run"
-            log.info("%s: %s (%d steps, lr %.6g)", run_dir, how, int(tcfg.max_steps), resolved_lr)
-
-        # ---- the step loop -----------------------------------------------------------------
-        max_steps, log_every = int(tcfg.max_steps), int(tcfg.log_every)
-        accumulate = int(tcfg.accumulate_grad_batches)
-        eval_every, ckpt_every = int(tcfg.eval_every or 0), int(tcfg.checkpoint_every or 0)
-        batches = batch_stream(data, state.epoch, state.batch_idx, rank, world_size)
-        bar = cleanup.enter_context(
-            tqdm(total=max_steps, initial=state.step, disable=not (is_main and tcfg.progress))
-        )
-        last: dict[str, Any] = {}
-        stopped_early = ""  # why the run stopped before max_steps (diverged)
-        skipped_since_record = 0
-        t0 = time.perf_counter()
-        throughput = Throughput(state.step, world_size)  # steps/s (tokens/s) between records
-        stop = cleanup.enter_context(StopFlag())
-        while state.step < max_steps:
-            micro_batches = []
-            for _ in range(accumulate):
-                state.epoch, i, batch = next(batches)
-                micro_batches.append(to_device(batch, device, dtype))
-                throughput.add(batch)
-
-            upcoming = state.step + 1  # the gradient norm is computed for records only
-            logs_next = upcoming % log_every == 0 or upcoming == max_steps
-            logs_next |= eval_every > 0 and upcoming % eval_every == 0
-            skips_before = getattr(optimizer, "nonfinite_skips", 0)
-            loss, metrics = take_step(
-                model,
-                optimizer,
-                micro_batches,
-                autocast,
-                tcfg.grad_clip,
-                world_size,
-                want_grad_norm=logs_next,
-            )
-            scheduler.step()
-            state.step, state.batch_idx = state.step + 1, i + 1
-            state.pending.append(beta_stats())
-            bar.update(1)
-            step = state.step
-
-            # optimizer.nonfinite=skip: the optimizer counts the steps it skipped for a
-            # non-finite gradient (its one host read); count, log, and stop when it persists
-            if skip_nonfinite and getattr(optimizer, "nonfinite_skips", 0) > skips_before:
-                state.skipped += 1
-                state.skipped_in_row += 1
-                skipped_since_record += 1
-                if is_main:
-                    log.warning(
-                        "step %d: non-finite gradient, update skipped (%d in a row, %d in all)",
-                        step,
-                        state.skipped_in_row,
-                        state.skipped,
-                    )
-                if state.skipped_in_row >= int(tcfg.max_nonfinite_in_row):
-                    stopped_early = (
-                        f"{state.skipped_in_row} updates in a row skipped for non-finite "
-                        f"gradients (trainer.max_nonfinite_in_row={tcfg.max_nonfinite_in_row})"
-                    )
-            elif skip_nonfinite:
-                state.skipped_in_row = 0
-
-            do_eval = step == max_steps or (eval_every > 0 and step % eval_every == 0)
-            if step % log_every == 0 or do_eval or stopped_early:
-                record = make_record(loss, metrics, state.pending, world_size)
-                state.pending = []
-                record = {
-                    "step": step,
-                    "epoch": state.epoch,
-                    "lr": scheduler.get_last_lr()[0],
-                    **record,
-                }
-                if fstar is not None:
-                    record["objective_gap"] = record["loss"] - fstar
-                if skip_nonfinite:
-                    record["skipped_steps"] = skipped_since_record
-                    skipped_since_record = 0
-                record.update(throughput.rates(step))  # after make_record's host transfer
-                if do_eval and (is_main or fsdp):
-                    record.update(evaluate(raw_model, data, device, dtype, autocast))
-                record["time_s"] = state.elapsed + time.perf_counter() - t0
-                if outputs is not None:
-                    outputs.write(record)
-                    postfix = {k: record[k] for k in ("loss", "beta") if k in record}
-                    bar.set_postfix(postfix, refresh=False)  # drawn at tqdm's own pace
-                last = record
-                throughput.restart(step)  # the evaluation is not part of the next rates
-                stop.sync(world_size)
-
-            signum = stop.agreed(world_size)
-            at_end = step == max_steps or bool(stopped_early)
-            if at_end or (ckpt_every > 0 and step % ckpt_every == 0) or signum:
-                checkpointer.save(elapsed=state.elapsed + time.perf_counter() - t0)
-            if signum:
-                if is_main:
-                    log.warning(
-                        "%s: stopped by %s at step %d; checkpoint saved, the same command "
-                        "resumes it",
-                        run_dir,
-                        signal.Signals(signum).name,
-                        step,
-                    )
-                if outputs is not None:
-                    outputs.close(exit_code=128 + signum)  # before a requeue can kill us
-                stop.pass_on(signum)  # under submitit: requeue the job (and exit)
-                raise SystemExit(128 + signum)  # non-zero, so a scheduler requeues the job
-            if stopped_early:
-                break
-
-        # ---- summary ---------------------------------------------------------------------
-        summary: dict[str, Any] = {}
-        if outputs is not None:
-            records = outputs.records()  # all of them: also the steps before a resume
-            last = last or (records[-1] if records else {})
-            # not the last interval's betas and rates: they describe an interval, not the run
-            summary = {k: v for k, v in last.items() if k not in INTERVAL_KEYS}
-            summary |= divergence(records, stopped_early, state.skipped)
-            # reference values the data measured: f* and how exact it is (the solver's reached
-            # gradient norm); for language data, the eval tokens' unigram entropy
-            references = ("fstar", "fstar_grad_norm", "eval_unigram_entropy")
-            summary |= {k: info[k] for k in references if k in info}
-            outputs.summarize(summary)  # W&B: summary.final
-            outputs.close()
-            write_json_atomic(run_dir / SUMMARY, summary)
-            if summary["diverged"]:
-                log.warning("%s: DIVERGED: %s", run_dir, summary["diverged_reason"])
-            log.info(
-                "%s: finished at step %s; summary: %s",
-                run_dir,
-                summary.get("step"),
-                run_dir / SUMMARY,
-            )
-        if world_size > 1:
-            dist.barrier()
-        return summary
+        run = setup(cfg, tcfg, Path(run_dir), experiment, cleanup)
+        if isinstance(run, dict):
+            return run  # finished already: its summary
+        last, stopped_early = loop(run, cleanup)
+        return summarize(run, last, stopped_early)
 
 
-def open_run_dir(cfg: DictConfig, run_dir: Path, cleanup: ExitStack) -> dict[str, Any] | None:
-    """Rank 0's first look at the run directory: take its lock, log to its ``run.log``, check
-    the fingerprint of the config (``trainer.on_mismatch``). The summary if finished, else None."""
-    summary_path = run_dir / SUMMARY
-    cleanup.enter_context(run_log(run_dir / "run.log"))
-    try:
-        cleanup.enter_context(RunLock(run_dir))  # a second process in this directory is refused
-    except RunDirNotWritable:
-        if not summary_path.exists():
-            raise
-        read_only = True  # a finished run on a read-only file system: only read it
-    else:
-        read_only = False
-    started = summary_path.exists() or (run_dir / CHECKPOINT_DIR).exists()
-    recorded = read_fingerprint(run_dir)
-    config = config_fingerprint(cfg)
-    if started and recorded is not None:
-        differences = config_differences(recorded.get("config", {}), config)
-        if summary_path.exists():  # its data is not built: check the files it read, in place
-            differences += data_differences(recorded.get("data", {}), files=None)
-        if differences:
-            restart_or_refuse(cfg, run_dir, differences)
-    if summary_path.exists():
-        note = " (read-only)" if read_only else ""
-        log.info("%s: finished already%s; summary: %s", run_dir, note, summary_path)
-        return dict(json.loads(summary_path.read_text()))
-    if recorded is None or not started:
-        write_fingerprint(run_dir, config, {})  # the data part once the data is built
-    return None
+# ---- setup -------------------------------------------------------------------------------
 
 
-def check_data(cfg: DictConfig, run_dir: Path, data: DataModule) -> None:
-    """The data files of a resumed run must be those it started with (rank 0)."""
-    recorded = read_fingerprint(run_dir) or {}
-    files = data.source_files()
-    if recorded.get("data"):
-        differences = data_differences(recorded["data"], files)
-        if differences:
-            restart_or_refuse(cfg, run_dir, differences)
-    write_fingerprint(run_dir, config_fingerprint(cfg), data_fingerprint(files))
+@dataclass
+class Run:
+    """What setup built, for the loop and the summary (this rank's view)."""
+
+    cfg: DictConfig
+    tcfg: TrainerSchema
+    rank: int
+    world_size: int
+    device: torch.device
+    dtype: torch.dtype | None
+    data: DataModule
+    raw_model: nn.Module  # the model's parameters (sharded under FSDP)
+    model: nn.Module  # what the step calls: compiled and/or DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    resolved_lr: float  # lr: auto is info["lr"] x lr_scale
+    autocast: Any
+    fsdp: bool
+    skip_nonfinite: bool  # optimizer.nonfinite=skip
+    state: TrainState
+    checkpointer: Checkpointer
+    rundir: RunDir | None = None  # rank 0 only, like outputs
+    outputs: RunOutputs | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rundir is not None
 
 
-def restart_or_refuse(cfg: DictConfig, run_dir: Path, differences: list[str]) -> None:
-    """``trainer.on_mismatch``: ``refuse`` (raise, listing the differences) or ``restart``
-    (delete the run's checkpoints, metrics and summary, then start it over)."""
-    if cfg.trainer.on_mismatch != "restart":
-        raise mismatch_error(run_dir, differences)
-    log.warning(
-        "%s: config or data changed (%s); trainer.on_mismatch=restart: starting the run over",
-        run_dir,
-        "; ".join(differences),
+def setup(
+    cfg: DictConfig, tcfg: TrainerSchema, run_dir: Path, experiment: str, cleanup: ExitStack
+) -> Run | dict[str, Any]:
+    """Everything before the first step; a finished run's summary instead, if it is one."""
+    # rank 0 alone opens the run directory (lock, run.log, config fingerprint); its verdict
+    rundir = cleanup.enter_context(RunDir(run_dir, cfg)) if global_rank() == 0 else None
+    rank, world_size, device = setup_distributed(tcfg.device)
+    cleanup.callback(teardown_distributed)
+    finished = rundir.finished if rundir is not None else None
+    if world_size > 1:  # ... for all ranks
+        verdict = [finished]
+        dist.broadcast_object_list(verdict, src=0)
+        finished = verdict[0]
+    if finished is not None:
+        return finished
+    seed_everything(tcfg.seed)
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+
+    data: DataModule = instantiate(cfg.dataset)
+    if rundir is not None:
+        rundir.check_data(data.source_files())
+    if world_size > 1:
+        dist.barrier()  # no rank reads the checkpoint before rank 0 has checked the data
+    run = build(cfg, tcfg, data, run_dir, rank, world_size, device)
+    run.rundir = rundir
+    resumed = run.checkpointer.load()
+    if rundir is not None:
+        run.outputs = open_outputs(run, rundir, experiment, resumed, cleanup)
+    return run
+
+
+def build(
+    cfg: DictConfig,
+    tcfg: TrainerSchema,
+    data: DataModule,
+    run_dir: Path,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> Run:
+    """Model, optimizer, lr schedule and checkpointer (in this order: the RNG draws of a
+    resumed run must be those of the run it continues)."""
+    dtype = getattr(torch, tcfg.dtype) if tcfg.dtype else None
+    raw_model: nn.Module = instantiate(cfg.model, info=data.info).to(device=device, dtype=dtype)
+    sharded = tcfg.distributed == "fsdp"  # checkpoint format (DCP), whatever the world size
+    fsdp = sharded and world_size > 1
+    if fsdp:
+        shard_model(raw_model)  # before the optimizer, which must hold the sharded parameters
+    optimizer_options: dict[str, Any] = OmegaConf.to_container(cfg.optimizer, resolve=True)  # type: ignore[assignment]
+    optimizer = build_optimizer(raw_model, **optimizer_options, info=data.info)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(tcfg.scheduler, tcfg.max_steps)
     )
-    remove_checkpoints(run_dir)
-    for name in (SUMMARY, "metrics.jsonl", FINGERPRINT):
-        (run_dir / name).unlink(missing_ok=True)
+    model: nn.Module = raw_model
+    if tcfg.compile:
+        model = torch.compile(raw_model)  # type: ignore[assignment]  # an OptimizedModule
+    if world_size > 1 and not fsdp:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    state = TrainState()
+    checkpointer = Checkpointer(
+        run_dir,
+        state,
+        raw_model,
+        optimizer,
+        scheduler,
+        every=tcfg.checkpoint_every,
+        sharded=sharded,
+        is_main=rank == 0,
+        world_size=world_size,
+        device=device,
+    )
+    return Run(
+        cfg=cfg,
+        tcfg=tcfg,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        dtype=dtype,
+        data=data,
+        raw_model=raw_model,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        resolved_lr=float(optimizer.param_groups[0]["lr"]),
+        autocast=autocast_context(tcfg.precision, device),
+        fsdp=fsdp,
+        skip_nonfinite=optimizer_options.get("nonfinite") == "skip",
+        state=state,
+        checkpointer=checkpointer,
+    )
+
+
+def open_outputs(
+    run: Run, rundir: RunDir, experiment: str, resumed: bool, cleanup: ExitStack
+) -> RunOutputs:
+    """Rank 0: ``config.yaml``, ``meta.json``, ``metrics.jsonl`` and the W&B run."""
+    cfg, step, lr = run.cfg, run.state.step, run.resolved_lr
+    saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    saved.optimizer.resolved_lr = lr  # the number the lr (auto x lr_scale) became
+    rundir.write_config(saved)
+    meta = rundir.write_meta(
+        {
+            "experiment": experiment,
+            **provenance(),
+            "world_size": run.world_size,
+            "device": str(run.device),
+            "resumed_from_step": step,
+            "lr": lr,  # the optimizer's resolved initial lr (optimizer.lr: auto x lr_scale)
+            "slurm": {k: os.environ[k] for k in SLURM_META if k in os.environ},
+        }
+    )
+    resolved = resolved_values(
+        cfg,
+        lr=lr,
+        optimizer=run.optimizer,
+        model=run.raw_model,
+        info=run.data.info,
+        world_size=run.world_size,
+    )
+    outputs = RunOutputs(
+        rundir.path,
+        keep_until_step=step,
+        logger=cfg.logger,
+        wandb_id=meta["wandb_id"],
+        wandb_run=wandb_run(cfg, rundir.path, experiment, resolved),
+    )
+    cleanup.push(outputs.exit)  # W&B learns how the run ended
+    how = f"resumed from step {step}" if resumed else "new run"
+    log.info("%s: %s (%d steps, lr %.6g)", rundir.path, how, run.tcfg.max_steps, lr)
+    return outputs
+
+
+# ---- the loop ----------------------------------------------------------------------------
+
+
+def loop(run: Run, cleanup: ExitStack) -> tuple[dict[str, Any], str]:
+    """The steps up to ``max_steps``: the last record, and why the run stopped early ("")."""
+    tcfg, state = run.tcfg, run.state
+    batches = batch_stream(run.data, state.epoch, state.batch_idx, run.rank, run.world_size)
+    bar = cleanup.enter_context(
+        tqdm(total=tcfg.max_steps, initial=state.step, disable=not (run.is_main and tcfg.progress))
+    )
+    recorder = Recorder(run, bar)
+    nonfinite = NonfiniteGuard(run)
+    stop = cleanup.enter_context(StopFlag())
+    beta_stats: Callable[[], dict[str, Tensor]] = getattr(run.optimizer, "beta_stats", dict)
+    last: dict[str, Any] = {}
+    stopped_early = ""
+    while state.step < tcfg.max_steps:
+        micro_batches = []
+        for _ in range(tcfg.accumulate_grad_batches):
+            state.epoch, i, batch = next(batches)
+            micro_batches.append(to_device(batch, run.device, run.dtype))
+            recorder.throughput.add(batch)
+
+        nonfinite.before_step()
+        loss, metrics = take_step(
+            run.model,
+            run.optimizer,
+            micro_batches,
+            run.autocast,
+            tcfg.grad_clip,
+            run.world_size,
+            want_grad_norm=recorder.due(state.step + 1),  # computed for records only
+        )
+        run.scheduler.step()
+        state.step, state.batch_idx = state.step + 1, i + 1
+        state.pending.append(beta_stats())
+        bar.update(1)
+        stopped_early = nonfinite.after_step()
+
+        if recorder.due(state.step) or stopped_early:
+            last = recorder.record(loss, metrics, nonfinite.take_skipped())
+            stop.sync(run.world_size)
+        signum = stop.agreed(run.world_size)
+        at_end = state.step == tcfg.max_steps or bool(stopped_early)
+        run.checkpointer.maybe_save(recorder.elapsed(), force=at_end or bool(signum))
+        if signum:
+            stop_now(run, stop, signum)
+        if stopped_early:
+            break
+    return last, stopped_early
+
+
+class Evaluator:
+    """The evaluation and its interval: every ``eval_every`` steps (0: never) and at the end.
+    Rank 0 evaluates, or under FSDP every rank (the forward gathers parameters)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.every, self.max_steps = run.tcfg.eval_every, run.tcfg.max_steps
+
+    def due(self, step: int) -> bool:
+        return step == self.max_steps or (self.every > 0 and step % self.every == 0)
+
+    def __call__(self) -> dict[str, float]:
+        run = self.run
+        if not (run.is_main or run.fsdp):
+            return {}
+        return evaluate(run.raw_model, run.data, run.device, run.dtype, run.autocast)
+
+
+class Recorder:
+    """The metrics records and their interval: every ``log_every`` steps and at every
+    evaluation. A record is built with one host transfer, then written (rank 0)."""
+
+    def __init__(self, run: Run, bar: tqdm) -> None:
+        self.run, self.bar = run, bar
+        self.log_every = run.tcfg.log_every
+        self.evaluator = Evaluator(run)
+        self.fstar = run.data.info.get("fstar")
+        self.t0 = time.perf_counter()
+        self.throughput = Throughput(run.state.step, run.world_size)  # steps/s between records
+
+    def due(self, step: int) -> bool:
+        return step % self.log_every == 0 or self.evaluator.due(step)
+
+    def elapsed(self) -> float:
+        """Training seconds, including those before a resume."""
+        return self.run.state.elapsed + time.perf_counter() - self.t0
+
+    def record(self, loss: Tensor, metrics: dict[str, Any], skipped: int | None) -> dict[str, Any]:
+        """The record of this step (``skipped``: steps skipped since the last record, if
+        counted); written by rank 0, returned on every rank."""
+        run, state = self.run, self.run.state
+        step = state.step
+        values = make_record(loss, metrics, state.pending, run.world_size)
+        state.pending = []
+        record = {"step": step, "epoch": state.epoch, "lr": run.scheduler.get_last_lr()[0]}
+        record |= values
+        if self.fstar is not None:
+            record["objective_gap"] = record["loss"] - self.fstar
+        if skipped is not None:
+            record["skipped_steps"] = skipped
+        record.update(self.throughput.rates(step))  # after make_record's host transfer
+        if self.evaluator.due(step):
+            record.update(self.evaluator())
+        record["time_s"] = self.elapsed()
+        if run.outputs is not None:
+            run.outputs.write(record)
+            postfix = {k: record[k] for k in ("loss", "beta") if k in record}
+            self.bar.set_postfix(postfix, refresh=False)  # drawn at tqdm's own pace
+        self.throughput.restart(step)  # the evaluation is not part of the next rates
+        return record
+
+
+class NonfiniteGuard:
+    """``optimizer.nonfinite=skip``: the optimizer counts the steps it skipped for a non-finite
+    gradient (its one host read); count them, log them, and stop when they persist
+    (``trainer.max_nonfinite_in_row``). Does nothing for other settings."""
+
+    def __init__(self, run: Run) -> None:
+        self.run, self.enabled = run, run.skip_nonfinite
+        self.limit = run.tcfg.max_nonfinite_in_row
+        self.skips_before = 0
+        self.since_record = 0
+
+    def _skips(self) -> int:
+        return int(getattr(self.run.optimizer, "nonfinite_skips", 0))
+
+    def before_step(self) -> None:
+        if self.enabled:
+            self.skips_before = self._skips()
+
+    def after_step(self) -> str:
+        """Why the run must stop now ("" to go on)."""
+        state = self.run.state
+        if not self.enabled:
+            return ""
+        if self._skips() <= self.skips_before:
+            state.skipped_in_row = 0
+            return ""
+        state.skipped += 1
+        state.skipped_in_row += 1
+        self.since_record += 1
+        if self.run.is_main:
+            log.warning(
+                "step %d: non-finite gradient, update skipped (%d in a row, %d in all)",
+                state.step,
+                state.skipped_in_row,
+                state.skipped,
+            )
+        if state.skipped_in_row < self.limit:
+            return ""
+        return (
+            f"{state.skipped_in_row} updates in a row skipped for non-finite "
+            f"gradients (trainer.max_nonfinite_in_row={self.limit})"
+        )
+
+    def take_skipped(self) -> int | None:
+        """Skips since the last record, for the next one (None when not counted)."""
+        if not self.enabled:
+            return None
+        count, self.since_record = self.since_record, 0
+        return count
+
+
+def stop_now(run: Run, stop: StopFlag, signum: int) -> None:
+    """A stop signal, the checkpoint saved: exit so that a scheduler requeues the run."""
+    if run.is_main:
+        log.warning(
+            "%s: stopped by %s at step %d; checkpoint saved, the same command resumes it",
+            run.checkpointer.run_dir,
+            signal.Signals(signum).name,
+            run.state.step,
+        )
+    if run.outputs is not None:
+        run.outputs.close(exit_code=128 + signum)  # before a requeue can kill us
+    stop.pass_on(signum)  # under submitit: requeue the job (and exit)
+    raise SystemExit(128 + signum)  # non-zero, so a scheduler requeues the job
+
+
+# ---- the summary -------------------------------------------------------------------------
+
+
+def summarize(run: Run, last: dict[str, Any], stopped_early: str) -> dict[str, Any]:
+    """Rank 0 writes ``summary.json`` (final metrics, ``diverged``); every rank returns it."""
+    summary: dict[str, Any] = {}
+    if run.outputs is not None and run.rundir is not None:
+        records = run.outputs.records()  # all of them: also the steps before a resume
+        last = last or (records[-1] if records else {})
+        # not the last interval's betas and rates: they describe an interval, not the run
+        summary = {k: v for k, v in last.items() if k not in INTERVAL_KEYS}
+        summary |= divergence(records, stopped_early, run.state.skipped)
+        # reference values the data measured: f* and how exact it is (the solver's reached
+        # gradient norm); for language data, the eval tokens' unigram entropy
+        references = ("fstar", "fstar_grad_norm", "eval_unigram_entropy")
+        summary |= {k: run.data.info[k] for k in references if k in run.data.info}
+        run.outputs.summarize(summary)  # W&B: summary.final
+        run.outputs.close()
+        run.rundir.finish(summary)
+        if summary["diverged"]:
+            log.warning("%s: DIVERGED: %s", run.rundir.path, summary["diverged_reason"])
+        where = run.rundir.summary_path
+        log.info(
+            "%s: finished at step %s; summary: %s", run.rundir.path, summary.get("step"), where
+        )
+    if run.world_size > 1:
+        dist.barrier()
+    return summary
 
 
 def divergence(records: list[dict[str, Any]], stopped_early: str, skipped: int) -> dict[str, Any]:
@@ -410,64 +501,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def lr_factor(cfg: DictConfig, max_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base lr at update ``step`` (0-based): linear warmup, then the schedule."""
-    name, warmup = cfg.name, int(cfg.warmup_steps)
-    milestones, gamma, min_ratio = list(cfg.milestones), float(cfg.gamma), float(cfg.min_lr_ratio)
-    if name not in ("constant", "cosine", "step"):
-        raise ValueError(f"unknown scheduler {name!r}; use constant, cosine or step")
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if name == "step":
-            return gamma ** sum(step >= m for m in milestones)
-        if name == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
-
-    return factor
-
-
 def autocast_context(precision: str | None, device: torch.device) -> Any:
+    """The forward pass's autocast for ``trainer.precision`` (its names: ``amm.config``)."""
     if precision is None:
         return nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise ValueError(f"unknown precision {precision!r}; use null or bf16")
-
-
-def write_meta(
-    run_dir: Path,
-    experiment: str,
-    world_size: int,
-    device: torch.device,
-    resumed_from: int,
-    lr: float,
-) -> dict[str, Any]:
-    """Write ``meta.json``; a restart keeps the W&B run id, so W&B resumes the same run."""
-    path = run_dir / "meta.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    meta = {
-        "experiment": experiment,
-        **provenance(),
-        "world_size": world_size,
-        "device": str(device),
-        "resumed_from_step": resumed_from,
-        "lr": lr,  # the optimizer's resolved initial lr (optimizer.lr: auto x lr_scale)
-        "slurm": {k: os.environ[k] for k in SLURM_META if k in os.environ},
-        "wandb_id": old.get("wandb_id") or secrets.token_hex(4),
-    }
-    write_json_atomic(path, meta)
-    return meta
-
-
-def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file (a reader never sees half)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    return torch.autocast(device.type, dtype=getattr(torch, PRECISIONS[precision]))
 
 
 def batch_stream(

@@ -2,7 +2,7 @@
 
 Each module defines ``make(run_dirs, out_dir, scale)``, which reads the runs' outputs (written by
 ``amm.trainer``) and writes ``out_dir/<name>.png|pdf`` and tables (``table.md``);
-``python -m amm.reproduce <name>`` runs the sweep and then calls it. Shared helpers: this
+``python -m experiments.reproduce <name>`` runs the sweep and then calls it. Shared helpers: this
 module (reading runs), ``_llm`` (LLaMA runs), ``_vision`` (image classification runs) and ``_stats`` (mean and spread
 over seeds, paired differences).
 
@@ -49,7 +49,7 @@ class Run:
 
     @property
     def seed(self) -> int:
-        """The run's ``trainer.seed`` (amm.reproduce runs seeds 0..n-1 of every job)."""
+        """The run's ``trainer.seed`` (experiments.reproduce runs seeds 0..n-1 of every job)."""
         return int(self.cfg.trainer.seed)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:

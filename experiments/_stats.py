@@ -90,7 +90,7 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> Estimat
     if set(a) != set(b):
         raise ValueError(
             f"paired difference needs the same seeds on both sides: {sorted(a)} vs {sorted(b)}; "
-            "re-run the missing seeds (python -m amm.reproduce <artifact> --seeds N)"
+            "re-run the missing seeds (python -m experiments.reproduce <artifact> --seeds N)"
         )
     return estimate(a[s] - b[s] for s in sorted(a))
 

@@ -40,6 +40,8 @@ def subprocess_env(tmp: Path, **extra: str) -> dict[str, str]:
         WANDB_CACHE_DIR=str(tmp / "wandb-cache"),
         WANDB_DATA_DIR=str(tmp / "wandb-data"),
         PYTHONUNBUFFERED="1",
+        # the paper (`experiments`, not in the wheel) from the clone, whatever the cwd
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]),
     )
     env.update(extra)
     return env

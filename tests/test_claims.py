@@ -54,7 +54,7 @@ CONVEX_BLOCKS = {
 
 def make_runs(root: Path, artifact: str, jobs: list[list[str]]) -> None:
     """Train each job in ``root/runs/<artifact>/smoke/<i>`` and write the artifact's
-    provenance.json listing them, as ``amm.reproduce`` does (run_dirs relative to root)."""
+    provenance.json listing them, as ``experiments.reproduce`` does (run_dirs relative to root)."""
     run_dirs = []
     for i, job in enumerate(jobs):
         rel = f"runs/{artifact}/smoke/{i}"

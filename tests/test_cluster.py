@@ -26,9 +26,9 @@ import pytest
 import torch
 from suite_helpers import REPO_ROOT, compose_config, metrics, subprocess_env
 
-from amm.reproduce import main as reproduce_main
-from amm.reproduce import uses_cluster
 from amm.trainer import CHECKPOINT, train
+from experiments.reproduce import main as reproduce_main
+from experiments.reproduce import uses_cluster
 
 SCRIPT = REPO_ROOT / "scripts" / "slurm_local.sh"
 TEMPLATE = REPO_ROOT / "slurm" / "torchrun.sbatch"
@@ -289,7 +289,7 @@ def test_multirun_job_array_with_a_requeued_job(slurm_conf: str, tmp_path: Path)
 def test_reproduce_passes_the_launcher_to_every_block(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`amm.reproduce ... hydra/launcher=slurm` sends every sweep block with the launcher (all at
+    """`experiments.reproduce ... hydra/launcher=slurm` sends every sweep block with the launcher (all at
     once); `--collect` launches nothing and names the runs that have not finished."""
     monkeypatch.chdir(tmp_path)
     assert uses_cluster(["hydra/launcher=slurm"]) and not uses_cluster(["hydra/launcher=basic"])

@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,12 +20,22 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from suite_helpers import EXPERIMENTS, compose_config, run_amm, subprocess_env
 
-from amm.config import CONFIG_DIR, SCALES, require_config_dir, run_dirname
+from amm.config import (
+    CONFIG_DIR,
+    PRECISIONS,
+    SCALES,
+    TrainerSchema,
+    require_config_dir,
+    run_dirname,
+    settings,
+    validate,
+)
 from amm.data.libsvm import DataNotFoundError
 from amm.optim import build_optimizer
-from amm.reproduce import available, expand_jobs, job_run_dirs, sweep_blocks
+from amm.schedule import SCHEDULES
 from amm.tracking import read_jsonl
 from amm.trainer import train
+from experiments.reproduce import available, expand_jobs, job_run_dirs, sweep_blocks
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +54,7 @@ def test_experiments_are_discovered_and_each_has_an_artifact() -> None:
 SHARES_RUNS_OF = {
     name: "figure5" for name in ("table2", "table5", "table6", "table_llm", "formulation")
 }
-# Artifacts computed without training runs (`sweep.<scale>: []`, amm.reproduce.sweep_blocks).
+# Artifacts computed without training runs (`sweep.<scale>: []`, experiments.reproduce.sweep_blocks).
 RUNLESS = {"figure2"}
 
 
@@ -224,3 +235,49 @@ def test_editing_an_experiments_sweep_keeps_its_runs(tmp_path: Path) -> None:
     (tmp_path / "run" / "summary.json").unlink()  # as if stopped after step 3
     edited = compose_config([*base, "trainer.max_steps=5", "sweep.reduced=[]"])
     assert train(edited, tmp_path / "run")["step"] == 5
+
+
+# ---- TrainerSchema: the one definition of the trainer's keys -------------------------------
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_trainer_yaml_agrees_with_the_schema(scale: str) -> None:
+    """Every key of configs/trainer/default.yaml is a schema key and vice versa, and every
+    default (``${by_scale:...}`` resolved at each scale) is the schema's."""
+    yaml = OmegaConf.load(CONFIG_DIR / "trainer" / "default.yaml")
+    root = OmegaConf.create({"trainer": yaml, "scale": {"name": scale}})
+    values = flat_keys(OmegaConf.to_container(root.trainer, resolve=True))
+    schema = settings()
+    assert set(values) == set(schema)
+    for key, value in values.items():
+        default = schema[key].default_at(scale)
+        assert value == default and type(value) is type(default), (key, value, default)
+
+
+def test_schema_rules_say_what_is_allowed() -> None:
+    schema = settings()
+    assert schema["checkpoint_every"].allowed() == "an integer >= 0 (0: checkpoint at the end only)"
+    assert schema["scheduler.name"].allowed() == "constant, cosine or step"
+    assert schema["precision"].allowed() == "null or bf16"
+    assert schema["device"].ok("cuda:1") and not schema["device"].ok("cuda:x")
+    assert not schema["scheduler.min_lr_ratio"].ok(1.5) and schema["grad_clip"].ok(None)
+    # the names are defined where they are used: the schedules, the autocast dtypes
+    assert schema["scheduler.name"].rule.names == SCHEDULES  # type: ignore[union-attr]
+    assert all(isinstance(getattr(torch, d), torch.dtype) for d in PRECISIONS.values())
+
+
+def test_validate_returns_the_typed_settings() -> None:
+    cfg = compose_config(["trainer.max_steps=7", "trainer.grad_clip=1"])
+    tcfg = validate(cfg)
+    assert isinstance(tcfg, TrainerSchema) and tcfg.max_steps == 7
+    assert tcfg.grad_clip == 1.0 and isinstance(tcfg.grad_clip, float)
+
+
+def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= flat_keys(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

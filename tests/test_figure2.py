@@ -1,5 +1,5 @@
 """Figure 2 (issue 14, item 5): the planes, betas and steps it draws are the real model's, and
-the artifact is made by ``amm.reproduce`` without training runs."""
+the artifact is made by ``experiments.reproduce`` without training runs."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from scipy.optimize import minimize_scalar
 
 from amm.config import CONFIG_DIR, SCALES
 from amm.optim import AMSGD
-from amm.reproduce import reproduce, sweep_blocks
 from experiments import figure2
+from experiments.reproduce import reproduce, sweep_blocks
 
 
 @pytest.fixture(scope="module")

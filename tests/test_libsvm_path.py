@@ -20,7 +20,7 @@ from suite_helpers import run_amm, subprocess_env, summary
 
 from amm.data.convex import LogisticRegressionProblem
 from amm.data.libsvm import DataNotFoundError, load_dataset, load_path
-from amm.reproduce import main as reproduce_main
+from experiments.reproduce import main as reproduce_main
 
 COMPRESSORS = {"": None, ".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
 
@@ -174,7 +174,7 @@ def test_fstar_stopped_short_is_a_warning_and_recorded(
 
 
 def dry_run_dirs(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
-    """The run directories ``amm.reproduce --dry-run`` lists (it runs nothing)."""
+    """The run directories ``experiments.reproduce --dry-run`` lists (it runs nothing)."""
     reproduce_main([*args, "--dry-run"])
     out = capsys.readouterr().out
     return [line.strip() for line in out.splitlines() if line.startswith("  runs/")]
@@ -200,7 +200,7 @@ def test_figure3_sweep_runs_a_file_given_by_path_once_per_setting(
 @pytest.mark.slow  # about 20 s: figure3's smoke sweep in subprocesses
 def test_figure3_sweep_on_a_file_given_by_path(heart: Path, tmp_path: Path) -> None:
     data = copy_as(heart, tmp_path / "my_heart.xz")
-    cmd = [sys.executable, "-m", "amm.reproduce", "figure3", "--scale", "smoke"]
+    cmd = [sys.executable, "-m", "experiments.reproduce", "figure3", "--scale", "smoke"]
     # the path replaces the sweep's list of sets (so the file runs once); the figure names the
     # set by its file
     cmd += [f"dataset.path={data}"]

@@ -26,9 +26,9 @@ from amm.data.c4 import C4Data, load_tokenizer
 from amm.data.libsvm import DataNotFoundError
 from amm.models.llama import LlamaLM
 from amm.optim import build_optimizer
-from amm.reproduce import expand_jobs, sweep_blocks
 from amm.trainer import batch_stream, train
 from experiments import load_runs
+from experiments.reproduce import expand_jobs, sweep_blocks
 
 VOCAB = 32000
 # name -> (hidden, intermediate, heads, layers, parameters with vocab 32000): paper app. E.3;
@@ -325,7 +325,7 @@ def test_accumulated_micro_batches_equal_one_large_batch(
 
 
 def reproduce(artifact: str, cwd: Path, shared_data: Path, *extra: str) -> str:
-    cmd = [sys.executable, "-m", "amm.reproduce", artifact, "--scale", "smoke", *extra]
+    cmd = [sys.executable, "-m", "experiments.reproduce", artifact, "--scale", "smoke", *extra]
     env = subprocess_env(cwd, AMM_DATA_DIR=str(shared_data))
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

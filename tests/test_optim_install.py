@@ -48,6 +48,9 @@ def _build_wheel(tmp: Path) -> Path:
     done = subprocess.run([*cmd, "-w", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (wheel,) = out.glob("amm-*.whl")
+    with zipfile.ZipFile(wheel) as zf:  # the library alone: no top-level `experiments`
+        tops = {name.split("/")[0] for name in zf.namelist()}
+    assert all(t == "amm" or t.endswith(".dist-info") for t in tops), tops
     return wheel
 
 
@@ -87,3 +90,40 @@ def test_optimizers_work_in_a_clean_venv_with_only_torch(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "optimizers ok" in done.stdout
+
+
+def test_the_wheel_holds_the_library_only() -> None:
+    """`pip install amm` installs the package `amm` alone: no top-level `experiments` (the
+    paper runs from a clone), as setuptools finds packages with pyproject.toml's settings."""
+    import tomllib
+    from setuptools import find_packages
+
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    packages = find_packages(where=str(REPO), **find["find"])
+    assert "amm" in packages and "amm.optim" in packages
+    assert all(p == "amm" or p.startswith("amm.") for p in packages), packages
+
+
+def test_the_library_does_not_import_the_paper() -> None:
+    """No module of amm/ imports `experiments`, neither by an import statement nor by name
+    (importlib.import_module / __import__ with a string): the paper registers nothing there."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "amm").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Call) and node.args:
+                first = node.args[0]
+                if isinstance(first, ast.JoinedStr) and first.values:
+                    first = first.values[0]  # f"experiments.{name}"
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    func = ast.unparse(node.func)
+                    if func.endswith(("import_module", "__import__")):
+                        names = [first.value]
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "experiments"]
+    assert not found, found

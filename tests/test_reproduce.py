@@ -1,4 +1,4 @@
-"""``python -m amm.reproduce``: the smoke sweeps of Figures 1 and 3 end to end."""
+"""``python -m experiments.reproduce``: the smoke sweeps of Figures 1 and 3 end to end."""
 
 from __future__ import annotations
 
@@ -11,26 +11,29 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import initialize_config_dir
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from suite_helpers import subprocess_env
 
 from amm.config import CONFIG_DIR
 from amm.provenance import git_state
-from amm.reproduce import (
+from experiments import Run, load_runs
+from experiments._stepsize import budgets, cell, diverged, gap_at, score
+from experiments.reproduce import (
+    Mode,
     composed_run_dir,
     expand_jobs,
+    hydra_jobs,
     job_run_dirs,
     main,
     override_value,
     sweep_blocks,
 )
-from experiments import Run, load_runs
-from experiments._stepsize import budgets, cell, diverged, gap_at, score
+from experiments.reproduce import reproduce as reproduce_artifact
 
 
 def reproduce(artifact: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "amm.reproduce", artifact, "--scale", "smoke", *extra]
+    cmd = [sys.executable, "-m", "experiments.reproduce", artifact, "--scale", "smoke", *extra]
     proc = subprocess.run(
         cmd, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True
     )
@@ -278,3 +281,28 @@ def test_llm_tables_share_figure5_runs(tmp_path: Path, monkeypatch: pytest.Monke
     assert len(table5 & figure5) == 2 * seeds and len(table5 - figure5) == 2 * seeds
     # table6 (warmup only): AdamW and AM-AdamW are figure5's; Clip and Restart are new
     assert len(table6 & figure5) == 2 * seeds and len(table6 - figure5) == 2 * seeds
+
+
+def test_hydra_jobs_split_and_name_as_hydra_does() -> None:
+    """The one wrapper of Hydra's private APIs: the jobs of a multirun, each with the
+    override_dirname Hydra itself composes for that job."""
+    overrides = ["experiment=figure1", "scale=smoke", "optimizer.lam=0.5,1", "trainer.seed=0,1"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        naming = compose("config", overrides=overrides[:2], return_hydra_config=True)
+        jobs = hydra_jobs(overrides, naming.hydra.job.config.override_dirname)
+        assert [job for job, _ in jobs] == expand_jobs(overrides)
+        assert len(jobs) == 4 and jobs[0][0][2:] == ["optimizer.lam=0.5", "trainer.seed=0"]
+        for job, name in jobs:
+            hydra_cfg = compose("config", overrides=job, return_hydra_config=True).hydra
+            assert name == hydra_cfg.job.override_dirname, job
+    assert all(name == "" for _, name in hydra_jobs(overrides))
+
+
+def test_mode_replaces_the_dry_run_and_collect_flags(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert reproduce_artifact("figure1", "smoke", [], mode=Mode.DRY_RUN) is None
+    printed = capsys.readouterr().out
+    assert "python -m amm.run -m experiment=figure1" in printed and "runs/" in printed
+    assert list(tmp_path.iterdir()) == []  # nothing ran, nothing was drawn

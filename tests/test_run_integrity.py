@@ -505,7 +505,7 @@ def test_start_and_end_lines(tmp_path: Path) -> None:
     assert "new run" in log and "finished already" in log
 
 
-# ---- amm.reproduce: failed jobs, typos --------------------------------------------------------
+# ---- experiments.reproduce: failed jobs, typos --------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -514,7 +514,7 @@ def test_reproduce_finishes_the_other_runs_and_names_the_failed_one(tmp_path: Pa
     still run, the failed one is listed with its log, the exit code is non-zero and no artifact
     is drawn."""
     env = subprocess_env(tmp_path)
-    cmd = [sys.executable, "-m", "amm.reproduce", "figure1", "--scale", "smoke"]
+    cmd = [sys.executable, "-m", "experiments.reproduce", "figure1", "--scale", "smoke"]
     cmd += ["--out-dir", "out", "trainer.max_steps=3"]
     dry = subprocess.run([*cmd, "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True)
     run_dirs = [Path(line.strip()) for line in dry.stdout.splitlines() if line.startswith("  runs")]
@@ -534,7 +534,15 @@ def test_reproduce_finishes_the_other_runs_and_names_the_failed_one(tmp_path: Pa
 
 @pytest.mark.slow
 def test_reproduce_override_typo_is_a_short_message(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "amm.reproduce", "figure1", "--scale", "smoke", "--dry-run"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.reproduce",
+        "figure1",
+        "--scale",
+        "smoke",
+        "--dry-run",
+    ]
     proc = subprocess.run(
         [*cmd, "trainer.max_stepz=3"],
         cwd=tmp_path,

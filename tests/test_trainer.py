@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 from suite_helpers import amm_run_cmd, compose_config, metrics, run_amm, subprocess_env, summary
 
 from amm.data.convex import LogisticRegressionProblem
-from amm.trainer import CHECKPOINT, lr_factor, train
+from amm.schedule import lr_factor
+from amm.trainer import CHECKPOINT, train
 
 BREAST_CANCER = ["trainer.progress=false", "optimizer=am_sgd", "optimizer.plane_bias=exact"]
 # A quadratic run long enough (~3 s) to be interrupted after its first checkpoints; log and

@@ -30,9 +30,9 @@ from amm.data.vision import (
 )
 from amm.models.vision import ImageClassifier, cifar_resnet
 from amm.optim import build_optimizer
-from amm.reproduce import expand_jobs, sweep_blocks
 from amm.trainer import train
 from experiments import figure_imagenet
+from experiments.reproduce import expand_jobs, sweep_blocks
 
 # Class counts of the MNIST test set (shared/data/mnist_t10k/PROVENANCE.md).
 MNIST_T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -319,7 +319,7 @@ def test_resume_mid_epoch_matches_the_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def reproduce(artifact: str, tmp_path: Path) -> Path:
-    cmd = [sys.executable, "-m", "amm.reproduce", artifact, "--scale", "smoke"]
+    cmd = [sys.executable, "-m", "experiments.reproduce", artifact, "--scale", "smoke"]
     cmd.append("trainer.progress=false")
     proc = subprocess.run(
         cmd, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True

@@ -159,7 +159,7 @@ def test_offline_run_logs_resolved_config_throughput_grad_norm_and_summaries(
         "logger.mode=auto",  # + WANDB_MODE=offline
         "logger.tags=[mine]",
     ]
-    # a directory named as amm.reproduce names a seed's run: the seed is not the setting's
+    # a directory named as experiments.reproduce names a seed's run: the seed is not the setting's
     run_dir = tmp_path / "optimizer.lr_scale=2,trainer.seed=3"
     with as_amm_run(overrides) as cfg:
         out = train(cfg, run_dir, experiment="unit")

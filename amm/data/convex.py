@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from scipy.special import expit, log_expit, logsumexp, softmax
 from scipy.stats import ortho_group
 
 from amm import paths
+from amm.atomic import atomic_write_json
 from amm.data.libsvm import ensure_file, get_spec, load_dataset, load_path
 
 log = logging.getLogger(__name__)
@@ -261,23 +261,16 @@ def cached_fstar(
         "iterations": result.iterations,
         "w": result.w.tolist(),
     }
-    _write_json_atomic(path, entry)
+    _write_cache(path, entry)
     return result
 
 
-def _write_json_atomic(path: Path, entry: dict[str, Any]) -> None:
-    """Temp file + rename, so concurrent runs never read half a file; failures only warn."""
-    tmp: str | None = None
+def _write_cache(path: Path, entry: dict[str, Any]) -> None:
+    """Atomic, so concurrent runs never read half a file; failures only warn."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(entry, fh)
-        os.replace(tmp, path)
+        atomic_write_json(path, entry)
     except OSError as err:  # a read-only cache only costs a recomputation next time
         log.warning("could not write f* cache %s: %s", path, err)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -25,7 +25,6 @@ import bz2
 import gzip
 import lzma
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from sklearn.datasets import load_breast_cancer, load_svmlight_file
 from sklearn.preprocessing import StandardScaler
 
 from amm import paths
+from amm.atomic import atomic_write
 from amm.paths import DATA_DIR_ENV, OFFLINE_ENV, DataNotFoundError, offline
 
 __all__ = ["DATA_DIR_ENV", "OFFLINE_ENV", "DataNotFoundError", "load_dataset"]
@@ -167,21 +167,18 @@ def dataset_path(name: str, file: str, data_dir: str | os.PathLike[str] | None =
 
 
 def download(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
-    """Fetch ``url`` into ``dest`` atomically (temp file in the same folder, then rename).
+    """Fetch ``url`` into ``dest`` atomically (``amm.atomic``: temp file, fsync, rename).
 
     A partial download never leaves a file at ``dest``, so a later run cannot mistake it for
     the real thing.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+
+    def fetch(out: IO[bytes]) -> None:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             while chunk := resp.read(1 << 20):
                 out.write(chunk)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(dest, fetch)
 
 
 def ensure_file(

@@ -1,6 +1,6 @@
 """Reproduce one paper artifact: run its sweep, then draw it.
 
-    python -m amm.reproduce figure3 --scale smoke|reduced|paper [--seeds N] [--dry-run|--collect]
+    python -m experiments.reproduce figure3 --scale smoke|reduced|paper [--seeds N] [--dry-run|--collect]
         [overrides...]
 
 1. Composes ``experiment=<artifact> scale=<scale>`` and reads its ``sweep.<scale>`` blocks.
@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import enum
 import importlib
 import json
 import shlex
@@ -33,17 +34,48 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.config_loader_impl import get_overrides_dirname
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf, read_write
 
+from amm.atomic import atomic_write
 from amm.config import CONFIG_DIR, SCALES, require_config_dir
 from amm.provenance import provenance
 
-# The paper's artifacts: the top-level `experiments` package of the clone, next to configs/.
-EXPERIMENTS_DIR = CONFIG_DIR.parent / "experiments"
+# The paper's artifacts: this package (experiments/ of the clone, next to configs/). The
+# library (amm/) knows nothing of them: the driver lives here, with the paper.
+EXPERIMENTS_DIR = Path(__file__).resolve().parent
+
+
+class Mode(enum.Enum):
+    """What ``reproduce`` does: run the sweep and draw (``RUN``), only print the commands and
+    run directories (``DRY_RUN``, ``--dry-run``), or draw from the runs on disk (``COLLECT``,
+    ``--collect``)."""
+
+    RUN = "run"
+    DRY_RUN = "dry_run"
+    COLLECT = "collect"
+
+
+def hydra_jobs(overrides: list[str], naming: Any = None) -> list[tuple[list[str], str]]:
+    """The jobs of a multirun as Hydra's basic sweeper makes them, each with the
+    ``override_dirname`` Hydra gives it under ``naming`` (``hydra.job.config.override_dirname``;
+    "" without). The one place that uses Hydra's private APIs (``hydra._internal``, pinned by
+    hydra-core<1.4; tests/test_reproduce.py checks them against a composed config)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parser = OverridesParser.create()
+    jobs = BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None)[0]
+    out = []
+    for job in jobs:
+        name = ""
+        if naming is not None:
+            app = [o for o in parser.parse_overrides(job) if not o.is_hydra_override()]
+            exclude = list(naming.exclude_keys)
+            name = get_overrides_dirname(app, exclude, naming.item_sep, naming.kv_sep)
+        out.append((list(job), name))
+    return out
 
 
 def available() -> list[str]:
@@ -176,8 +208,7 @@ def check_slurm_controller(timeout_s: float = 20.0) -> None:
 
 def expand_jobs(overrides: list[str]) -> list[list[str]]:
     """The jobs of a multirun, each a list of plain overrides, as Hydra's basic sweeper makes them."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+    return [job for job, _ in hydra_jobs(overrides)]
 
 
 def run_git(run_dir: Path) -> Any:
@@ -223,11 +254,8 @@ def job_run_dirs(overrides: list[str]) -> list[Path]:
     ):
         return [composed_run_dir(job) for job in jobs]
     cfg = compose("config", overrides=jobs[0], return_hydra_config=True)
-    naming = cfg.hydra.job.config.override_dirname
     dirs = []
-    for job in jobs:
-        app = [o for o in parser.parse_overrides(job) if not o.is_hydra_override()]
-        name = get_overrides_dirname(app, list(naming.exclude_keys), naming.item_sep, naming.kv_sep)
+    for _, name in hydra_jobs(overrides, cfg.hydra.job.config.override_dirname):
         with read_write(cfg.hydra.job):
             cfg.hydra.job.override_dirname = name
         dirs.append(Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir)
@@ -245,57 +273,29 @@ def reproduce(
     scale: str,
     overrides: list[str],
     out_dir: Path | None = None,
-    dry_run: bool = False,
-    collect: bool = False,
+    mode: Mode = Mode.RUN,
     n_seeds: int | None = None,
 ) -> Path | None:
     """Run the artifact's sweep at ``scale`` and make the artifact; returns its folder."""
     if artifact not in available():
         raise SystemExit(f"unknown artifact {artifact!r}; available: {', '.join(available())}")
-    reproduce_cmd = ["python", "-m", "amm.reproduce", artifact, "--scale", scale]
+    reproduce_cmd = ["python", "-m", "experiments.reproduce", artifact, "--scale", scale]
     if n_seeds is not None:
         reproduce_cmd += ["--seeds", str(n_seeds)]
     if out_dir is not None:
         reproduce_cmd += ["--out-dir", str(out_dir)]
     reproduce_cmd += overrides
     out_dir = out_dir or Path("results") / artifact / scale
-    commands: list[str] = []
-    launched: list[tuple[str, subprocess.Popen[bytes]]] = []  # cluster blocks, run at once
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        try:
-            blocks = path_replaces_names(sweep_blocks(artifact, scale, n_seeds), overrides)
-            if any(map(is_seed, overrides)) and any(is_seed(o) for b in blocks for o in b):
-                raise ValueError(
-                    "the seeds come from the experiment's `seeds` (or --seeds N, which runs "
-                    "seeds 0..N-1); remove the trainer.seed override"
-                )
-            jobs = [[f"experiment={artifact}", f"scale={scale}", *b, *overrides] for b in blocks]
-            block_dirs = [job_run_dirs(job) for job in jobs]
-        except HydraException as err:  # e.g. a typo in an override: its message, no traceback
-            cause = f" ({err.__cause__})" if err.__cause__ else ""
-            raise SystemExit(f"amm.reproduce {artifact}: {err}{cause}") from None
-        except ValueError as err:  # a sweep block or `seeds` the experiment config gets wrong
-            raise SystemExit(f"amm.reproduce {artifact}: {err}") from None
+    jobs, block_dirs = plan(artifact, scale, overrides, n_seeds)
     run_dirs = [d for dirs in block_dirs for d in dirs]
     unfinished = any(not (d / "summary.json").exists() for d in run_dirs)
-    if uses_slurm(overrides) and unfinished and not (dry_run or collect):
+    if uses_slurm(overrides) and unfinished and mode is Mode.RUN:
         check_slurm_controller()
     if len(set(run_dirs)) != len(run_dirs):  # e.g. two blocks that differ only in `method`
         twice = sorted({str(d) for d in run_dirs if run_dirs.count(d) > 1})
         raise SystemExit(f"{artifact}: two sweep jobs would share a run directory: {twice}")
-    for job, dirs in zip(jobs, block_dirs):
-        cmd = [sys.executable, "-m", "amm.run", "-m", *job]
-        commands.append(shlex.join(["python", *cmd[1:]]))
-        print(commands[-1], flush=True)
-        if all((d / "summary.json").exists() for d in dirs):
-            print(f"  all {len(dirs)} runs finished already")
-        elif uses_cluster(overrides) and not (dry_run or collect):
-            launched.append((commands[-1], subprocess.Popen(cmd)))
-        elif not (dry_run or collect):
-            launched.append((commands[-1], subprocess.Popen(cmd)))
-            launched[-1][1].wait()  # one block after the other; a failing job stops none
-    failed = [command for command, proc in launched if proc.wait() != 0]
-    if dry_run:
+    commands, failed = launch(jobs, block_dirs, overrides, mode)
+    if mode is Mode.DRY_RUN:
         print("\n".join(f"  {d}" for d in run_dirs))
         return None
 
@@ -310,24 +310,79 @@ def reproduce(
             + "\nFix the cause and re-run the same command: finished runs are not run again."
         )
     importlib.import_module(f"experiments.{artifact}").make(run_dirs, out_dir, scale)
-    (out_dir / "commands.txt").write_text(
-        "\n".join(commands or [f"# {artifact} has no training runs (sweep.{scale}: [])"]) + "\n"
+    write_provenance(out_dir, artifact, scale, shlex.join(reproduce_cmd), commands, run_dirs)
+    print(f"wrote {out_dir}")
+    return out_dir
+
+
+def plan(
+    artifact: str, scale: str, overrides: list[str], n_seeds: int | None
+) -> tuple[list[list[str]], list[list[Path]]]:
+    """The sweep's jobs (one Hydra multirun per block) and each block's run directories."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        try:
+            blocks = path_replaces_names(sweep_blocks(artifact, scale, n_seeds), overrides)
+            if any(map(is_seed, overrides)) and any(is_seed(o) for b in blocks for o in b):
+                raise ValueError(
+                    "the seeds come from the experiment's `seeds` (or --seeds N, which runs "
+                    "seeds 0..N-1); remove the trainer.seed override"
+                )
+            jobs = [[f"experiment={artifact}", f"scale={scale}", *b, *overrides] for b in blocks]
+            return jobs, [job_run_dirs(job) for job in jobs]
+        except HydraException as err:  # e.g. a typo in an override: its message, no traceback
+            cause = f" ({err.__cause__})" if err.__cause__ else ""
+            raise SystemExit(f"experiments.reproduce {artifact}: {err}{cause}") from None
+        except ValueError as err:  # a sweep block or `seeds` the experiment config gets wrong
+            raise SystemExit(f"experiments.reproduce {artifact}: {err}") from None
+
+
+def launch(
+    jobs: list[list[str]], block_dirs: list[list[Path]], overrides: list[str], mode: Mode
+) -> tuple[list[str], list[str]]:
+    """Print each block's command and, in ``Mode.RUN``, run the unfinished ones (one after the
+    other; on a cluster all at once). The commands, and those that failed."""
+    commands: list[str] = []
+    launched: list[tuple[str, subprocess.Popen[bytes]]] = []
+    for job, dirs in zip(jobs, block_dirs):
+        cmd = [sys.executable, "-m", "amm.run", "-m", *job]
+        commands.append(shlex.join(["python", *cmd[1:]]))
+        print(commands[-1], flush=True)
+        if all((d / "summary.json").exists() for d in dirs):
+            print(f"  all {len(dirs)} runs finished already")
+        elif mode is Mode.RUN:
+            launched.append((commands[-1], subprocess.Popen(cmd)))
+            if not uses_cluster(overrides):
+                launched[-1][1].wait()  # one block after the other; a failing job stops none
+    failed = [command for command, proc in launched if proc.wait() != 0]
+    return commands, failed
+
+
+def write_provenance(
+    out_dir: Path,
+    artifact: str,
+    scale: str,
+    command: str,
+    commands: list[str],
+    run_dirs: list[Path],
+) -> None:
+    """``commands.txt`` and ``provenance.json`` next to the artifact's outputs."""
+    atomic_write(
+        out_dir / "commands.txt",
+        "\n".join(commands or [f"# {artifact} has no training runs (sweep.{scale}: [])"]) + "\n",
     )
-    record = {**provenance(shlex.join(reproduce_cmd)), "commands": commands}
+    record = {**provenance(command), "commands": commands}
     record["run_dirs"] = [str(d) for d in run_dirs]
     # the code each run trained with (a run may predate the artifact's commit)
     record["run_git"] = {str(d): run_git(d) for d in run_dirs}
     # the machines the runs ran on (the fields above describe the one that drew the artifact)
     record["run_machines"] = run_machines(run_dirs)
-    (out_dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out_dir}")
-    return out_dir
+    atomic_write(out_dir / "provenance.json", json.dumps(record, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     require_config_dir()
     parser = argparse.ArgumentParser(
-        prog="python -m amm.reproduce", description=__doc__.split("\n\n")[0]
+        prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("artifact", help=f"one of: {', '.join(available())}")
     parser.add_argument("--scale", choices=SCALES, default="smoke")
@@ -345,15 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, help="default: results/<artifact>/<scale>")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_intermixed_args(argv)
-    reproduce(
-        args.artifact,
-        args.scale,
-        args.overrides,
-        args.out_dir,
-        args.dry_run,
-        args.collect,
-        args.seeds,
-    )
+    mode = Mode.DRY_RUN if args.dry_run else Mode.COLLECT if args.collect else Mode.RUN
+    reproduce(args.artifact, args.scale, args.overrides, args.out_dir, mode, args.seeds)
 
 
 if __name__ == "__main__":
