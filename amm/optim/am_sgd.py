@@ -188,13 +188,11 @@ class AMSGDStep:
             states = self.ts.states
             _remember_sq(self.context.cache, states, new_sq.to(states[0]["momentum_sq"].dtype))
 
-    def _update(self, beta: list[Beta]) -> None:  # noqa: C901 - the three kinds of tensors
+    def _update(self, beta: list[Beta]) -> None:
         """The heavy-ball update of the single-tensor and foreach branches; foreach also
         advances each buffer's ||d||^2."""
-        ts, grads, bufs, hp = self.ts, self.grads, self.bufs, self.hp
+        grads, bufs, hp = self.grads, self.bufs, self.hp
         foreach = self.impl == "foreach"
-        cache = self.context.cache if foreach else None
-        params_done = False  # the CPU fused kernel below also updates the parameters
         first = [i for i, b in enumerate(beta) if b is None]
         frozen = [i for i, b in enumerate(beta) if isinstance(b, float)]
         adaptive = [i for i, b in enumerate(beta) if isinstance(b, Tensor)]
@@ -206,75 +204,93 @@ class AMSGDStep:
             assert isinstance(b_i, float)
             keep, take = (b_i + lam) / (1 + lam), (1 - b_i) / (1 + lam)
             bufs[i].mul_(keep).add_(grads[i], alpha=take)
-        if adaptive:
-            b = beta_vector(
-                [beta[i] for i in adaptive],
-                [0.0] * len(adaptive),
-                grads[0].device,
-                common_sum_dtype(grads),
-            )
-            ha = [hp[i] for i in adaptive]
-            lam_t = per_tensor([h.lam for h in ha], b.device, b.dtype)
-            w = _lerp_weight(b, lam_t, restarts(b, [beta[i] for i in adaptive], ha))
-            bufs_a, grads_a = [bufs[i] for i in adaptive], [grads[i] for i in adaptive]
-            one_weight = all(beta[i] is beta[adaptive[0]] for i in adaptive) and not isinstance(
-                lam_t, Tensor
-            )
-            same_dtype = all(d.dtype == w.dtype for d in bufs_a)
-            thresholds = {h.restart_below for h in ha}
-            one_weight = foreach and one_weight and same_dtype and len(thresholds) == 1
-            fast = one_weight and _cpu_fused_sgd_applies(bufs_a, len(adaptive) == len(ts.params))
-            # (w is read on the host only for CPU tensors: no device sync)
-            if fast and float(w[0]) < 1.0:  # w = 1 (a restart): torch wants no momentum then
-                # CPU, global beta: torch's fused CPU SGD kernel updates d and x in one pass,
-                # d <- (1 - w) d + w g, x <- x - lr d
-                w_host = float(w[0])
-                for gid, members in by_group(ts.group_ids).items():
-                    torch._fused_sgd_(
-                        [ts.params[i] for i in members],
-                        [grads[i] for i in members],
-                        [bufs[i] for i in members],
-                        weight_decay=0.0,  # the grads are effective already (coupled decay)
-                        momentum=1.0 - w_host,
-                        lr=self.hyper[gid].lr,
-                        dampening=1.0 - w_host,
-                        nesterov=False,
-                        maximize=False,
-                        is_first_step=False,
-                    )
-                params_done = True
-            elif one_weight:
-                torch._foreach_lerp_(bufs_a, grads_a, w[0])  # type: ignore[call-overload]
-            else:
-                weights = [w_i.to(d.dtype) for w_i, d in zip(w.unbind(), bufs_a)]
-                if foreach:
-                    torch._foreach_lerp_(bufs_a, grads_a, weights)
-                else:
-                    for b_i, g_i, w_i in zip(bufs_a, grads_a, weights):
-                        b_i.lerp_(g_i, w_i)
-            if cache is not None and self.kept is not None and self.kept[0] == adaptive:
-                # ||(1 - w) d + w g||^2 from the sums: no extra pass over the new d
-                rows = self.kept[1]
-                g_dot_d, g_sq, d_sq = rows[:, 0], rows[:, 3], rows[:, 4]
-                w = w.to(rows.dtype)
-                new_sq = (1 - w) ** 2 * d_sq + 2 * w * (1 - w) * g_dot_d + w**2 * g_sq
-                _remember_sq(cache, [ts.states[i] for i in adaptive], new_sq)
-        if cache is not None and not ts.sharded:
-            if first:  # d = g
-                first_sq = (
-                    torch.stack([self.grad_sq[i] for i in first])
-                    if self.grad_sq is not None
-                    else squared_norms([bufs[i] for i in first])
-                )
-                _remember_sq(cache, [ts.states[i] for i in first], first_sq)
-            if frozen:
-                _remember_sq(
-                    cache, [ts.states[i] for i in frozen], squared_norms([bufs[i] for i in frozen])
-                )
+        params_done = self._adaptive_update(beta, adaptive) if adaptive else False
+        if foreach and not self.ts.sharded:
+            self._remember_plain_sq(first, frozen)
+        if not params_done:
+            self._step_params()
 
-        for gid, members in ({} if params_done else by_group(ts.group_ids)).items():
+    def _adaptive_update(self, beta: list[Beta], adaptive: list[int]) -> bool:
+        """d <- lerp(d, g, w) for the tensors with an adaptive beta; True when torch's fused CPU
+        SGD kernel has also updated the parameters."""
+        ts, grads, bufs, hp = self.ts, self.grads, self.bufs, self.hp
+        foreach = self.impl == "foreach"
+        params_done = False
+        b = beta_vector(
+            [beta[i] for i in adaptive],
+            [0.0] * len(adaptive),
+            grads[0].device,
+            common_sum_dtype(grads),
+        )
+        ha = [hp[i] for i in adaptive]
+        lam_t = per_tensor([h.lam for h in ha], b.device, b.dtype)
+        w = _lerp_weight(b, lam_t, restarts(b, [beta[i] for i in adaptive], ha))
+        bufs_a, grads_a = [bufs[i] for i in adaptive], [grads[i] for i in adaptive]
+        one_weight = all(beta[i] is beta[adaptive[0]] for i in adaptive) and not isinstance(
+            lam_t, Tensor
+        )
+        same_dtype = all(d.dtype == w.dtype for d in bufs_a)
+        thresholds = {h.restart_below for h in ha}
+        one_weight = foreach and one_weight and same_dtype and len(thresholds) == 1
+        fast = one_weight and _cpu_fused_sgd_applies(bufs_a, len(adaptive) == len(ts.params))
+        # (w is read on the host only for CPU tensors: no device sync)
+        if fast and float(w[0]) < 1.0:  # w = 1 (a restart): torch wants no momentum then
+            # CPU, global beta: torch's fused CPU SGD kernel updates d and x in one pass,
+            # d <- (1 - w) d + w g, x <- x - lr d
+            w_host = float(w[0])
+            for gid, members in by_group(ts.group_ids).items():
+                torch._fused_sgd_(
+                    [ts.params[i] for i in members],
+                    [grads[i] for i in members],
+                    [bufs[i] for i in members],
+                    weight_decay=0.0,  # the grads are effective already (coupled decay)
+                    momentum=1.0 - w_host,
+                    lr=self.hyper[gid].lr,
+                    dampening=1.0 - w_host,
+                    nesterov=False,
+                    maximize=False,
+                    is_first_step=False,
+                )
+            params_done = True
+        elif one_weight:
+            torch._foreach_lerp_(bufs_a, grads_a, w[0])  # type: ignore[call-overload]
+        else:
+            weights = [w_i.to(d.dtype) for w_i, d in zip(w.unbind(), bufs_a)]
+            if foreach:
+                torch._foreach_lerp_(bufs_a, grads_a, weights)
+            else:
+                for b_i, g_i, w_i in zip(bufs_a, grads_a, weights):
+                    b_i.lerp_(g_i, w_i)
+        if foreach and self.kept is not None and self.kept[0] == adaptive:
+            # ||(1 - w) d + w g||^2 from the sums: no extra pass over the new d
+            rows = self.kept[1]
+            g_dot_d, g_sq, d_sq = rows[:, 0], rows[:, 3], rows[:, 4]
+            w = w.to(rows.dtype)
+            new_sq = (1 - w) ** 2 * d_sq + 2 * w * (1 - w) * g_dot_d + w**2 * g_sq
+            _remember_sq(self.context.cache, [ts.states[i] for i in adaptive], new_sq)
+        return params_done
+
+    def _remember_plain_sq(self, first: list[int], frozen: list[int]) -> None:
+        """foreach: ||d||^2 of the buffers set without the sums (first step d = g, frozen)."""
+        ts, bufs, cache = self.ts, self.bufs, self.context.cache
+        if first:  # d = g
+            first_sq = (
+                torch.stack([self.grad_sq[i] for i in first])
+                if self.grad_sq is not None
+                else squared_norms([bufs[i] for i in first])
+            )
+            _remember_sq(cache, [ts.states[i] for i in first], first_sq)
+        if frozen:
+            _remember_sq(
+                cache, [ts.states[i] for i in frozen], squared_norms([bufs[i] for i in frozen])
+            )
+
+    def _step_params(self) -> None:
+        """x <- x - lr d."""
+        foreach = self.impl == "foreach"
+        for gid, members in by_group(self.ts.group_ids).items():
             lr = self.hyper[gid].lr
-            p, d = [ts.params[i] for i in members], [bufs[i] for i in members]
+            p, d = [self.ts.params[i] for i in members], [self.bufs[i] for i in members]
             if foreach:
                 torch._foreach_add_(p, d, alpha=-lr)
             else:
