@@ -299,7 +299,7 @@ with warnings.catch_warnings(record=True) as caught:
         for p, opt in zip((a, b), opts):
             p.grad = torch.cos(p.detach())
             opt.step()
-torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # lr 0.1: steps of 0.1, fp32 rounding
 for w in caught:
     print(w.message)
 """
