@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/libsvm),)
 export AMM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help venv demo test test-fast lint bench bench-optim bench-train sweep claims power clean
+.PHONY: help venv demo test test-fast lint bench bench-optim bench-train bench-profile sweep claims power clean
 .DEFAULT_GOAL := help
 
 help:
@@ -27,6 +27,7 @@ help:
 	@echo "make power SCALE=...      seeds each seeded claim needs for 80 % power: results/power/<scale>/"
 	@echo "make formulation          how much AM-AdamW's formulation choices matter (any artifact by name)"
 	@echo "make bench                optimizer-step table + Table 2 end to end (bench-optim, bench-train)"
+	@echo "make bench-profile        where the compiled CPU step's time goes (results/bench_optim/profile_cpu.md)"
 	@echo "make clean                remove runs/ and caches (keeps results/ and .venv)"
 
 venv: $(STAMP)
@@ -59,6 +60,9 @@ bench-optim: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) scripts/bench_train.py $(ARGS)
+
+bench-profile: $(STAMP)
+	$(PY) scripts/profile_step.py $(ARGS)
 
 # Artifacts: `make figure1`, `make table2`, `make formulation`, ...: one per
 # configs/experiment/<name>.yaml (with experiments/<name>.py), run at $(SCALE), writing

@@ -5,14 +5,16 @@ Every row trains its own copy of the same model (same initialisation, same rando
 batches). Trainer rows go through the trainer's own step (`amm.trainer.take_step`: zero_grad,
 forward and backward under autocast, gradient clipping, optimizer step); "bare loop" rows run
 the same model, batches and optimizer in a loop as plain as nanoGPT's (forward, loss,
-backward, clip, step, zero_grad), so `trainer_vs_bare` is what the trainer's step costs. Rows
-run in interleaved rounds of a few iterations each, so drifts of a shared machine hit all rows
-alike; a row's time is the median iteration, and `overhead_pct_rounds` holds its overhead over
-the first row in each round (the claims report's interval for claim 12). On CUDA the baseline
-is fused AdamW with bf16 weights and autocast (the setting of ../shared/anchors); on the CPU,
-fused AdamW in fp32, and fused=True AM-AdamW is the compiled step (amm.optim._compiled). The
-"char" size is the reduced LLM configuration (configs/model/llama_char.yaml, 12 x 64 tokens,
-65 characters). A benchmark, not a test.
+backward, clip, step, zero_grad), so `trainer_vs_bare` is what the trainer's step costs
+(`trainer_vs_bare_rounds`: per round, with the mean's 95 % interval). Rows run in interleaved
+rounds of a few iterations each, every other round in reverse order, so drifts of a shared
+machine hit all rows alike and no row always runs first; a row's time is the median
+iteration, and `overhead_pct_rounds` holds its overhead over the first row in each round (the
+claims report's interval for claim 12). On CUDA the baseline is fused AdamW with bf16 weights
+and autocast (the setting of ../shared/anchors); on the CPU, fused AdamW in fp32, and
+fused=True AM-AdamW is the compiled step (amm.optim._compiled). The "char" size is the
+reduced LLM configuration (configs/model/llama_char.yaml, 12 x 64 tokens, 65 characters).
+A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -75,6 +77,17 @@ def bare_step(model: Any, opt: torch.optim.Optimizer, batch: dict, autocast) -> 
     opt.zero_grad(set_to_none=True)
 
 
+def mean_interval(values: list[float]) -> list[float]:
+    """The mean's 95 % t-interval over rounds."""
+    from scipy import stats  # scikit-learn's dependency
+
+    mean, n = statistics.fmean(values), len(values)
+    if n < 2:
+        return [mean, mean]
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / n**0.5
+    return [mean - half, mean + half]
+
+
 def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     autocast = autocast_context("bf16" if device.type == "cuda" else None, device)
@@ -95,7 +108,9 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
     ]
     first: dict[str, float] = {}
     for round_ in range(args.rounds + 1):  # round 0 warms up (allocations, compilation)
-        for name, (model, opt, times) in runs.items():
+        order = list(runs.items())
+        # every other round runs the rows in reverse, so no row always runs first of its twins
+        for name, (model, opt, times) in order[::-1] if round_ % 2 else order:
             block = []
             for b in batches:
                 sync(device)
@@ -123,11 +138,16 @@ def bench_size(size: str, args: argparse.Namespace, device: torch.device) -> lis
     for row in out:  # the trainer's tokens/s as a fraction of the same optimizer's bare loop
         twin = next((r for r in out if r["optimizer"] == row["optimizer"] + BARE), None)
         row["trainer_vs_bare"] = twin and row["tokens_per_s"] / twin["tokens_per_s"]
+        if twin:  # per round (the twins run next to each other): an interval, not one ratio
+            mine, theirs = runs[row["optimizer"]][2], runs[twin["optimizer"]][2]
+            row["trainer_vs_bare_rounds"] = [b / a for a, b in zip(mine, theirs)]
+            row["trainer_vs_bare_ci95"] = mean_interval(row["trainer_vs_bare_rounds"])
         print(
             f"{size:>5} {n_params / 1e6:7.1f}M  {row['optimizer']:48s} "
             f"{row['s_per_iter'] * 1e3:9.1f} ms/iter  {row['tokens_per_s']:10.0f} tok/s  "
             f"{row['overhead_pct']:+6.2f} %  first {row['first_iter_s']:.1f} s"
-            + (f"  trainer/bare {row['trainer_vs_bare']:.3f}" if twin else ""),
+            + (f"  trainer/bare {row['trainer_vs_bare']:.3f}" if twin else "")
+            + (" (95 % CI {:.3f}-{:.3f})".format(*row["trainer_vs_bare_ci95"]) if twin else ""),
             flush=True,
         )
     return out
@@ -140,7 +160,7 @@ def main() -> None:
     # CUDA: 256 sequences of 256 tokens, the batch of ../shared/anchors' tokens/s
     parser.add_argument("--batch", type=int, default=256 if cuda else 4)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--block", type=int, default=4, help="iterations per row per round")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--out", type=Path, default=Path("results/bench_train"))
@@ -155,14 +175,20 @@ def main() -> None:
     )
     lines = [
         "| model | parameters | optimizer | time/iter (ms) | tokens/s | overhead vs first row "
-        "| overhead per round (%) | trainer / bare loop tokens/s | first iteration (s) |",
+        "| overhead, rounds' 95 % CI (%) | trainer / bare loop tokens/s (95 % CI of the rounds' mean) "
+        "| first iteration (s) |",
         "|---|---|---|---|---|---|---|---|---|",
         *(
             f"| LLaMA-{r['size']} | {r['params'] / 1e6:.2f} M | {r['optimizer']} | "
             f"{r['s_per_iter'] * 1e3:.1f} | {r['tokens_per_s']:.0f} | {r['overhead_pct']:+.2f} % | "
-            + ", ".join(f"{x:+.1f}" for x in r["overhead_pct_rounds"])
+            + "{:+.1f} to {:+.1f}".format(*mean_interval(r["overhead_pct_rounds"]))
             + " | "
-            + ("" if r["trainer_vs_bare"] is None else f"{100 * r['trainer_vs_bare']:.1f} %")
+            + (
+                ""
+                if r["trainer_vs_bare"] is None
+                else f"{100 * r['trainer_vs_bare']:.1f} % (95 % CI "
+                + "{:.1f}-{:.1f})".format(*(100 * x for x in r["trainer_vs_bare_ci95"]))
+            )
             + f" | {r['first_iter_s']:.1f} |"
             for r in rows
         ),

@@ -147,22 +147,30 @@ def _adamw_prelude(
 
 def adamw_sums_torch(tensors: list[list[Tensor]], hyper: Tensor, flags: int) -> Tensor:
     """Pass 1 (reads only): per tensor <g, P^-1 d>, cross, gap, <g, x>, ||g||^2 (as the Triton
-    kernel's columns)."""
+    kernel's columns). This pass moves 3 arrays but computes a sqrt and a division per element,
+    so on a CPU its arithmetic, not its memory traffic, sets its time: the per-tensor constants
+    (factor, 1 + lam) multiply the sums, not the elements, and the preconditioned metric's
+    P^-1 = factor den k and r P^-1 = factor^2 k come from one reciprocal k = 1 / (s den)."""
     gs, ds, vs, xs, _ = tensors
     rows = []
     for t in range(len(gs)):
         g, d = gs[t].float(), ds[t].float()
-        _, pinv, r = _adamw_prelude(hyper, t, g, vs[t].float(), hyper[t, 5], flags)
-        lam = hyper[t, 2]
+        beta2, eps, lam, factor = hyper[t, 0], hyper[t, 1], hyper[t, 2], hyper[t, 5]
+        s = (beta2 * vs[t].float() + (1.0 - beta2) * g * g).sqrt() + eps
         e = g - d
-        if r is not None:  # W' = (1 + lam) P^-1 / (1 + lam P)
-            cross = (g * e * r * pinv + lam * d * e * r).sum() * (1.0 + lam)
-            gap = (e * e * r * pinv).sum() * (1.0 + lam)
-        else:  # W' = P^-1
-            cross = ((g + lam * d) * e * pinv).sum()
-            gap = (e * e * pinv).sum()
+        if flags & 2:  # W' = (1 + lam) P^-1 / (1 + lam P); s P = den / factor
+            den = factor + lam * s
+            k = 1.0 / (s * den)
+            plane = (g * d * den * k).sum() * factor
+            cross = (e * k * (factor * g + lam * s * d)).sum() * (factor * (1.0 + lam))
+            gap = (e * e * k).sum() * (factor * factor * (1.0 + lam))
+        else:  # W' = P^-1 = factor / s
+            k = 1.0 / s
+            plane = (g * d * k).sum() * factor
+            cross = ((g + lam * d) * e * k).sum() * factor
+            gap = (e * e * k).sum() * factor
         g_dot_x = (g * xs[t].float()).sum() if flags & 1 else torch.zeros_like(gap)
-        rows.append(torch.stack([(g * d * pinv).sum(), cross, gap, g_dot_x, (g * g).sum()]))
+        rows.append(torch.stack([plane, cross, gap, g_dot_x, (g * g).sum()]))
     return torch.stack(rows)
 
 
