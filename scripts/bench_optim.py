@@ -152,6 +152,15 @@ def git_sha() -> str:
         return "unknown"
 
 
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit (the record's code is then not git_sha's)."""
+    try:
+        out = subprocess.check_output(["git", "status", "--porcelain", "-uno"], text=True)
+    except Exception:
+        return None
+    return bool(out.strip())
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name()
@@ -164,6 +173,7 @@ def run_meta(device: torch.device, **extra: object) -> dict[str, object]:
     return dict(
         command=" ".join([Path(sys.executable).name] + sys.argv),
         git_sha=git_sha(),
+        git_dirty=git_dirty(),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         machine=machine(device),
         device=str(device),
